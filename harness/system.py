@@ -22,8 +22,10 @@ from harness.isa import Insn
 __all__ = ["Program", "MapDef", "Step", "Expect", "Case", "PROG_TYPES", "functions_of"]
 
 #: Program types a case may use. raw_tp passes ctx (a u64 array of at most 96
-#: bytes) unchanged; sched_cls allows tail calls and bpf_throw together.
-PROG_TYPES = ("raw_tp", "sched_cls")
+#: bytes) unchanged; sched_cls allows tail calls and bpf_throw together;
+#: "test" is the bpf_conformance convention: r1 = a writable memory buffer
+#: (the ctx bytes), r2 = its length; no kernel loads it.
+PROG_TYPES = ("raw_tp", "sched_cls", "test")
 
 
 @dataclass

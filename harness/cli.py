@@ -1,0 +1,153 @@
+"""``jitdiff``: the command line. Glue only; the work is in the libraries.
+
+Exit codes: 0 success, 1 a divergence or failed expectation, 2 bad input or
+an unusable engine (one line on stderr, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harness import casefile, engines
+from harness.errors import JitdiffError
+from harness.profile import PROFILES
+
+__all__ = ["main"]
+
+
+def _engines(args) -> list[str]:
+    names = args.engine or list(engines.DEFAULT_ENGINES)
+    for n in names:
+        if n not in engines.ENGINES:
+            raise JitdiffError(f"unknown engine {n!r} (known: {', '.join(engines.ENGINES)})")
+    return names
+
+
+def _profile(args):
+    try:
+        return PROFILES[args.profile]
+    except KeyError:
+        raise JitdiffError(f"unknown profile {args.profile!r} (known: {', '.join(PROFILES)})") from None
+
+
+def _outcome_json(out) -> dict:
+    return {
+        "engine": out.engine,
+        "runs": [
+            {
+                "status": r.status.value,
+                "retval": r.retval,
+                "tail_calls": r.tail_calls,
+                "maps": {k: v.hex() for k, v in r.maps.items()},
+                "where": str(r.where) if r.where else None,
+                "detail": r.detail,
+                "events": [[e.kind, str(e.where), repr(e.data)] for e in r.events],
+            }
+            for r in out.runs
+        ],
+    }
+
+
+def cmd_run(args) -> int:
+    from harness import report
+    from harness.runner import Runner, expectation_failures
+
+    names = _engines(args) if args.engine else ["interp"]
+    runner = Runner(names, _profile(args))
+    status = 0
+    payload = []
+    for path in args.cases:
+        case = casefile.load(path)
+        res = runner.check(case)
+        outs = [res.reference] + [o for _, _, o in res.candidates.values()]
+        for out in outs:
+            if out.engine != "interp" and out.engine not in names:
+                continue
+            fails = expectation_failures(case, out.runs)
+            if args.json:
+                payload.append({"case": str(path), **_outcome_json(out), "failures": fails})
+                continue
+            for i, r in enumerate(out.runs):
+                where = f" at {r.where}" if r.where and not r.ok else ""
+                detail = f" ({r.detail})" if r.detail and not r.ok else ""
+                print(f"{path} [{out.engine}] run {i}: {r.status.value} retval={r.retval} "
+                      f"tail_calls={r.tail_calls}{where}{detail}")
+            for f in fails:
+                print(f"{path} [{out.engine}] FAIL {f}")
+            status |= bool(fails)
+        for name, d in res.divergences:
+            status = 1
+            if not args.json:
+                eng = next(e for e in runner.engines if e.name == name)
+                print(report.render_divergence(case, name, d, res.reference.runs,
+                                               cand_listing=eng.listing(case)))
+    if args.json:
+        print(json.dumps(payload, indent=1))
+    runner.close()
+    return status
+
+
+def cmd_conformance(args) -> int:
+    from harness.conformance import run_directory
+
+    passed, failed, skipped = run_directory(Path(args.dir), _engines(args) if args.engine
+                                            else ["interp"], verbose=args.verbose)
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    return 1 if failed else 0
+
+
+def cmd_show(args) -> int:
+    case = casefile.load(args.case)
+    for name in _engines(args):
+        eng = engines.get(name, _profile(args))
+        print(f"==== {name}")
+        print(eng.listing(case))
+        eng.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="jitdiff", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp):
+        sp.add_argument("--engine", action="append", help="engine (repeatable); interp is "
+                        f"always the reference; known: {', '.join(engines.ENGINES)}")
+        sp.add_argument("--profile", default="linux-6.18", help="semantic profile: "
+                        + ", ".join(PROFILES))
+
+    sp = sub.add_parser("run", help="run case files through the engines")
+    sp.add_argument("cases", nargs="+")
+    sp.add_argument("--json", action="store_true")
+    common(sp)
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("conformance", help="run a bpf_conformance tests directory")
+    sp.add_argument("dir")
+    sp.add_argument("-v", "--verbose", action="store_true")
+    common(sp)
+    sp.set_defaults(fn=cmd_conformance)
+
+    sp = sub.add_parser("show", help="print an engine's listing with BPF interleaved")
+    sp.add_argument("case")
+    common(sp)
+    sp.set_defaults(fn=cmd_show)
+
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except JitdiffError as e:
+        print(f"jitdiff: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"jitdiff: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Run the public bpf_conformance suite on any engine.
+
+Each ``.data`` test becomes a one-program case of type ``test`` (r1 = the
+test's memory, r2 = its length, the suite's convention); the expected r0 is
+the suite's. Tests outside Linux semantics (``callx``, ubpf's own helpers) are
+skipped with the reason; tests in ``negative/`` must fail to assemble.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness import engines, ubpf
+from harness.errors import JitdiffError
+from harness.outcome import Status
+from harness.system import Case, Program
+
+__all__ = ["to_case", "run_directory", "check_test"]
+
+
+def to_case(test: ubpf.ConformanceTest) -> Case:
+    prog = Program("conformance", "test", list(test.insns), labels={0: "main"})
+    return Case({"conformance": prog}, ctx=bytes(test.mem))
+
+
+def check_test(path: Path, engine_objs) -> tuple[str, str]:
+    """('pass' | 'fail' | 'skip', message) for one file on every engine."""
+    try:
+        test = ubpf.load(str(path))
+    except JitdiffError as e:
+        return ("pass", f"rejected: {e}") if path.parent.name == "negative" else ("fail", str(e))
+    if path.parent.name == "negative":
+        return "fail", "negative test was accepted"
+    if test.skip:
+        return "skip", test.skip
+    if test.error is not None or test.result is None:
+        return "skip", f"expects an error ({test.error})"
+    case = to_case(test)
+    want = test.result & ((1 << 64) - 1)
+    for eng in engine_objs:
+        out = eng.run(case, budget=1_000_000).runs[0]
+        if out.status is not Status.OK:
+            return "fail", f"[{eng.name}] {out.status.value} at {out.where}: {out.detail}"
+        if out.retval != want:
+            return "fail", f"[{eng.name}] r0 = {out.retval:#x}, expected {want:#x}"
+    return "pass", ""
+
+
+def run_directory(root: Path, names: list[str], *, verbose: bool = False) -> tuple[int, int, int]:
+    if not root.is_dir():
+        raise JitdiffError(f"{root}: no such directory")
+    engine_objs = [engines.get(n) for n in dict.fromkeys(["interp", *names])]
+    files = sorted(root.glob("*.data"))
+    if root.name != "negative" and (root / ".." / "negative").is_dir() and root.name == "tests":
+        files += sorted((root / ".." / "negative").resolve().glob("*.data"))
+    counts = {"pass": 0, "fail": 0, "skip": 0}
+    for path in files:
+        verdict, msg = check_test(path, engine_objs)
+        counts[verdict] += 1
+        if verdict == "fail" or (verbose and msg):
+            print(f"{path}: {verdict.upper()} {msg}")
+    for e in engine_objs:
+        e.close()
+    return counts["pass"], counts["fail"], counts["skip"]

@@ -1,0 +1,80 @@
+"""Engines: one small interface, one module per engine, built by name.
+
+An engine runs a whole case (its script of runs and map updates) and returns
+one ``RunOutcome`` per run. ``interp`` is the reference; every other engine is
+a candidate compared against it. An engine that cannot run here says why in
+``unavailable()`` and is skipped with that reason, never silently.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+
+from harness.errors import EngineUnavailable, JitdiffError
+from harness.outcome import CaseOutcome
+from harness.profile import LINUX, Profile
+from harness.system import Case
+
+__all__ = ["Engine", "ENGINES", "get", "available", "DEFAULT_ENGINES"]
+
+
+class Engine(ABC):
+    name: str = ""
+
+    def __init__(self, profile: Profile = LINUX, **options):
+        self.profile = profile
+        self.options = options
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this engine cannot run on this machine, or None."""
+        return None
+
+    @abstractmethod
+    def run(self, case: Case, *, budget: int, lockstep: bool = False) -> CaseOutcome:
+        """Play the case's script; ``budget`` is in the engine's own steps."""
+
+    def listing(self, case: Case) -> str:
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+#: name -> "module:Class", imported on first use so a missing dependency of one
+#: engine never breaks the others.
+ENGINES: dict[str, str] = {
+    "interp": "harness.engines.interp:InterpEngine",
+    "x86_64": "harness.engines.x86_64:X86Engine",
+    "kernel": "harness.engines.kernel:KernelEngine",
+    "kernel-native": "harness.engines.kernel_native:KernelNativeEngine",
+}
+
+DEFAULT_ENGINES = ("x86_64",)
+
+
+def _class(name: str) -> type[Engine]:
+    if name not in ENGINES:
+        raise JitdiffError(f"unknown engine {name!r} (known: {', '.join(ENGINES)})")
+    mod, cls = ENGINES[name].split(":")
+    try:
+        return getattr(importlib.import_module(mod), cls)
+    except ImportError as e:
+        raise EngineUnavailable(f"engine {name}: {e}") from None
+
+
+def available(name: str) -> str | None:
+    """None when the engine can run here, else the reason it cannot."""
+    try:
+        return _class(name).unavailable()
+    except EngineUnavailable as e:
+        return str(e)
+
+
+def get(name: str, profile: Profile = LINUX, **options) -> Engine:
+    cls = _class(name)
+    why = cls.unavailable()
+    if why:
+        raise EngineUnavailable(f"engine {name} is unavailable: {why}")
+    return cls(profile, **options)

@@ -1,0 +1,586 @@
+"""The reference interpreter: Linux semantics for a whole system of programs.
+
+This is the spec every other engine is judged against, so it is written to be
+read. ``Interpreter.run_case`` plays a case's script; each ``run`` step
+invokes the entry program with ctx in r1 and returns a ``RunOutcome``.
+
+Semantics follow ``kernel/bpf/core.c`` (``___bpf_prog_run``) for instructions
+and the 6.18 x86-64 JIT for control transfer (which is what runs in
+production); where the two differ the choice is a ``Profile`` knob:
+
+* bpf-to-bpf calls get a fresh 512-byte frame; r1-r5 are arguments, r0 the
+  result, r6-r9 are the caller's again after the call; r1-r5 are unreadable
+  after any call (the verifier's rule), so a program cannot observe them.
+* tail calls: u32 index; ``index >= max_entries`` falls through; at most
+  ``profile.max_tail_calls`` taken per run, on ONE counter shared by the whole
+  call hierarchy; an empty slot falls through without consuming budget unless
+  ``profile.empty_slot_consumes_budget``; a taken tail call replaces the
+  current frame (a subprogram's too: the target's exit returns to the
+  subprogram's caller); the target starts with only r1 (and r10) set.
+* ``bpf_throw(cookie)`` unwinds to the innermost frame running some program's
+  ``main`` (kernel ``bpf_stack_walker``), runs that program's exception
+  callback with r1 = cookie (or returns the cookie when it has none) and the
+  callback's r0 is what that frame returns.
+
+Programs are assumed verifier-clean; where they are not (an uninitialised
+read, an out-of-bounds access, an unknown helper) the run ends ``INVALID``
+naming the program, function and instruction, because no JIT has a defined
+behaviour to compare there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness import isa
+from harness.helpers import BPF_THROW, HELPERS, KFUNCS, TAIL_CALL, MapState, call_helper
+from harness.isa import Insn
+from harness.outcome import Event, RunOutcome, Status, Where
+from harness.profile import LINUX, Profile
+from harness.system import Case, Program
+
+__all__ = ["Interpreter", "run_case", "Layout", "elem_stride"]
+
+U64 = (1 << 64) - 1
+U32 = (1 << 32) - 1
+
+
+def s64(v: int) -> int:
+    return v - (1 << 64) if v >> 63 else v
+
+
+def s32(v: int) -> int:
+    v &= U32
+    return v - (1 << 32) if v >> 31 else v
+
+
+def sext(v: int, bits: int) -> int:
+    v &= (1 << bits) - 1
+    return (v - (1 << bits) if v >> (bits - 1) else v) & U64
+
+
+def elem_stride(value_size: int) -> int:
+    """Array values are laid out round_up(value_size, 8) apart, as in the kernel."""
+    return (value_size + 7) & ~7
+
+
+class Layout:
+    """The interpreter's own address space. Native engines use kernel-like
+    addresses instead; events are compared after symbolisation, never raw."""
+
+    CTX = 0x0000_1000_0000_0000
+    STACK = 0x0000_2000_0000_0000  # frame d's fp = STACK + (d + 1) * FRAME_SPAN
+    FRAME_SPAN = 0x1_0000
+    MAPS = 0x0000_3000_0000_0000  # map i object at MAPS + i * MAP_SPAN
+    MAP_SPAN = 0x100_0000
+    VALUES = 0x1000  # values start this far past the map object
+    FUNCS = 0x0000_4000_0000_0000  # pseudo-func addresses (opaque)
+
+
+class Invalid(Exception):
+    """Internal: the program did something the verifier would have rejected."""
+
+
+class Runaway(Exception):
+    """Internal: the instruction budget ran out."""
+
+
+@dataclass
+class Frame:
+    prog: Program
+    func_start: int
+    pc: int
+    regs: list[int | None]
+    stack: bytearray
+    init: bytearray  # 1 per initialised stack byte
+    depth: int
+    #: pc of the pseudo call in the caller that created this frame
+    call_pc: int | None = None
+
+    @property
+    def fp(self) -> int:
+        return Layout.STACK + (self.depth + 1) * Layout.FRAME_SPAN
+
+    @property
+    def func(self) -> str:
+        return self.prog.function_name(self.func_start)
+
+    def where(self, pc: int | None = None) -> Where:
+        return Where(self.prog.name, self.func, self.pc if pc is None else pc)
+
+
+@dataclass
+class _Run:
+    frames: list[Frame]
+    events: list[Event] = field(default_factory=list)
+    #: tail calls taken
+    tail_calls: int = 0
+    #: the tail-call counter (differs from tail_calls only when a failed call
+    #: consumes budget, ``profile.empty_slot_consumes_budget``)
+    counter: int = 0
+    steps: int = 0
+    ticks: int = 0
+
+
+class Interpreter:
+    """Reference semantics. One instance per case run; helper models see it as
+    their ``Machine``."""
+
+    name = "interp"
+
+    def __init__(self, case: Case, profile: Profile = LINUX, *, budget: int = 200_000,
+                 lockstep: bool = False):
+        self.case, self.profile, self.budget, self.lockstep = case, profile, budget, lockstep
+        self.maps: list[MapState] = []
+        for m in case.maps.values():
+            st = MapState(m.name, m.kind, m.max_entries, m.value_size)
+            if m.kind == "array":
+                st.data = bytearray(elem_stride(m.value_size) * m.max_entries)
+                for key, val in m.init.items():
+                    self._store_value(st, key, bytes(val))
+            else:
+                st.slots = {k: v for k, v in m.init.items() if isinstance(v, str)}
+            self.maps.append(st)
+        self.ticks = 0
+        self._run: _Run | None = None
+
+    # ---- the script ------------------------------------------------------
+
+    def run_case(self) -> list[RunOutcome]:
+        outcomes = []
+        for step in self.case.script():
+            if step.kind == "run":
+                outcomes.append(self.run(step.program))
+            else:
+                m = self.maps[self.case.map_index(step.map)]
+                if m.kind == "prog_array":
+                    if step.kind == "delete":
+                        m.slots.pop(step.key, None)
+                    else:
+                        m.slots[step.key] = step.value
+                elif step.kind == "update":
+                    self._store_value(m, step.key, bytes(step.value))
+        return outcomes
+
+    def _store_value(self, m: MapState, key: int, val: bytes) -> None:
+        stride = elem_stride(m.value_size)
+        m.data[key * stride : key * stride + m.value_size] = val.ljust(m.value_size, b"\0")
+
+    def map_contents(self) -> dict[str, bytes]:
+        out = {}
+        for m in self.maps:
+            if m.kind == "array":
+                stride = elem_stride(m.value_size)
+                out[m.name] = b"".join(
+                    bytes(m.data[k * stride : k * stride + m.value_size])
+                    for k in range(m.max_entries)
+                )
+        return out
+
+    def run(self, entry: str) -> RunOutcome:
+        prog = self.case.programs[entry]
+        self.ticks = 0
+        top = self._new_frame(prog, 0, depth=0)
+        top.regs[1] = Layout.CTX
+        self.ctx = bytearray(self.case.ctx)
+        self.ctx_writable = prog.type == "test"
+        if prog.type == "test":
+            top.regs[2] = len(self.ctx)
+        run = self._run = _Run([top])
+        try:
+            retval = self._loop(run)
+        except Invalid as e:
+            f = run.frames[-1]
+            return self._outcome(run, Status.INVALID, where=f.where(), detail=str(e))
+        except Runaway:
+            f = run.frames[-1]
+            return self._outcome(run, Status.BUDGET, where=f.where(),
+                                 detail=f"more than {self.budget} instructions")
+        run.events.append(Event("exit", Where(prog.name, "main", 0), (retval,)))
+        return self._outcome(run, Status.OK, retval=retval)
+
+    def _outcome(self, run: _Run, status: Status, **kw) -> RunOutcome:
+        return RunOutcome(status, tail_calls=run.tail_calls, maps=self.map_contents(),
+                          events=run.events, steps=run.steps, **kw)
+
+    def _new_frame(self, prog: Program, start: int, *, depth: int, call_pc=None) -> Frame:
+        size = self.profile.stack_size
+        regs: list[int | None] = [None] * 11
+        f = Frame(prog, start, start, regs, bytearray(size), bytearray(size), depth, call_pc)
+        regs[10] = f.fp
+        return f
+
+    # ---- memory: the Machine protocol for helper models -------------------
+
+    def _region(self, addr: int, size: int) -> tuple[bytearray, int, bytearray | None, str]:
+        """(buffer, offset, init-mask or None, kind) for an in-bounds access."""
+        run = self._run
+        for f in run.frames if run else ():
+            lo = f.fp - len(f.stack)
+            if lo <= addr and addr + size <= f.fp:
+                return f.stack, addr - lo, f.init, "stack"
+        if Layout.CTX <= addr and addr + size <= Layout.CTX + len(self.case.ctx):
+            return self.ctx, addr - Layout.CTX, None, "ctx"
+        for i, m in enumerate(self.maps):
+            base = Layout.MAPS + i * Layout.MAP_SPAN + Layout.VALUES
+            if m.kind == "array" and base <= addr < base + len(m.data):
+                off = addr - base
+                stride = elem_stride(m.value_size)
+                if off % stride + size > m.value_size:
+                    raise Invalid(f"access {off % stride}+{size} past a {m.value_size}-byte "
+                                  f"value of map {m.name}")
+                return m.data, off, None, "value"
+        raise Invalid(f"invalid memory access at {addr:#x} size {size}")
+
+    def read(self, addr: int, size: int) -> bytes:
+        buf, off, init, _ = self._region(addr, size)
+        if init is not None and not all(init[off : off + size]):
+            raise Invalid(f"read of uninitialised stack at fp{addr - self._fp_of(addr):+d}")
+        return bytes(buf[off : off + size])
+
+    def write(self, addr: int, data: bytes) -> None:
+        buf, off, init, kind = self._region(addr, len(data))
+        if kind == "ctx" and not self.ctx_writable:
+            raise Invalid("write to ctx")
+        buf[off : off + len(data)] = data
+        if init is not None:
+            init[off : off + len(data)] = b"\1" * len(data)
+
+    def _fp_of(self, addr: int) -> int:
+        for f in self._run.frames:
+            if f.fp - len(f.stack) <= addr < f.fp:
+                return f.fp
+        return 0
+
+    def map_at(self, addr: int) -> MapState | None:
+        for i, m in enumerate(self.maps):
+            if addr == Layout.MAPS + i * Layout.MAP_SPAN:
+                return m
+        return None
+
+    def value_addr(self, m: MapState, key: int) -> int:
+        i = self.maps.index(m)
+        return Layout.MAPS + i * Layout.MAP_SPAN + Layout.VALUES + key * elem_stride(m.value_size)
+
+    def symbolize(self, value: int | None):
+        """The engine-independent name of a pointer (see ``harness.emu``)."""
+        if value is None:
+            return None
+        run = self._run
+        if run:
+            cur = run.frames[-1]
+            for f in run.frames:
+                if f.fp - len(f.stack) <= value <= f.fp:
+                    if f is cur:
+                        return ("fp", value - f.fp)
+                    return ("fp", f.depth, value - f.fp)
+        if Layout.CTX <= value <= Layout.CTX + len(self.case.ctx):
+            return ("ctx", value - Layout.CTX)
+        for i, m in enumerate(self.maps):
+            base = Layout.MAPS + i * Layout.MAP_SPAN
+            if value == base:
+                return ("map", m.name)
+            if m.kind == "array" and base + Layout.VALUES <= value <= base + Layout.VALUES + len(
+                m.data
+            ):
+                return ("value", m.name, value - base - Layout.VALUES)
+        return value
+
+    # ---- the loop --------------------------------------------------------
+
+    def _loop(self, run: _Run) -> int:
+        while True:
+            f = run.frames[-1]
+            insns = f.prog.insns
+            if not 0 <= f.pc < len(insns):
+                raise Invalid(f"fell off the program at pc {f.pc}")
+            run.steps += 1
+            if run.steps > self.budget:
+                raise Runaway()
+            insn = insns[f.pc]
+            if self.lockstep:
+                regs = tuple(self.symbolize(r) for r in f.regs)
+                run.events.append(Event("step", f.where(), regs))
+            c = insn.cls
+            if c in (isa.ALU, isa.ALU64):
+                self._alu(f, insn)
+                f.pc += 1
+            elif c in (isa.JMP, isa.JMP32):
+                op = insn.opcode & 0xF0
+                if op == isa.CALL:
+                    done = self._call(run, f, insn)
+                    if done is not None:
+                        return done
+                elif op == isa.EXIT:
+                    r0 = self._reg(f, 0)
+                    done = self._return(run, r0)
+                    if done is not None:
+                        return done
+                else:
+                    f.pc = isa.jump_target(f.pc, insn) if self._taken(f, insn) else f.pc + 1
+            elif insn.opcode == isa.LD_IMM64:
+                self._ld_imm64(f, insn, insns[f.pc + 1])
+                f.pc += 2
+            elif c == isa.LDX:
+                mode, size = insn.opcode & 0xE0, isa.SIZE_BYTES[insn.opcode & 0x18]
+                if mode not in (isa.MEM, isa.MEMSX):
+                    raise Invalid(f"unsupported load mode {insn.opcode:#x}")
+                raw = self.read((self._reg(f, insn.src) + insn.off) & U64, size)
+                v = int.from_bytes(raw, "little")
+                f.regs[insn.dst] = sext(v, size * 8) if mode == isa.MEMSX else v
+                f.pc += 1
+            elif c in (isa.ST, isa.STX):
+                self._store(f, insn)
+                f.pc += 1
+            else:
+                raise Invalid(f"legacy packet access {insn.opcode:#x} is not supported")
+
+    def _reg(self, f: Frame, r: int) -> int:
+        v = f.regs[r]
+        if v is None:
+            raise Invalid(f"R{r} !read_ok (read of an uninitialised register)")
+        return v
+
+    # ---- ALU -------------------------------------------------------------
+
+    def _alu(self, f: Frame, insn: Insn) -> None:
+        is64 = insn.cls == isa.ALU64
+        op, use_x = insn.opcode & 0xF0, insn.opcode & isa.X
+        bits = 64 if is64 else 32
+        mask = U64 if is64 else U32
+        if op == isa.END:
+            dst = self._reg(f, insn.dst)
+            width = insn.imm
+            v = dst & ((1 << width) - 1)
+            if is64 or use_x:  # bswap, or to big endian on a little-endian host
+                v = int.from_bytes(v.to_bytes(width // 8, "little"), "big")
+            f.regs[insn.dst] = v
+            return
+        if op == isa.MOV:
+            if use_x:
+                v = self._reg(f, insn.src)
+                if insn.off:  # movsx
+                    v = sext(v, insn.off)
+            else:
+                v = insn.imm & U64  # imm sign-extends to 64 bits, then truncates
+            f.regs[insn.dst] = v & mask
+            return
+        dst = self._reg(f, insn.dst) & mask
+        if op == isa.NEG:
+            f.regs[insn.dst] = (-dst) & mask
+            return
+        src = (self._reg(f, insn.src) if use_x else insn.imm & U64) & mask
+        signed = insn.off == 1
+        sx = s64 if is64 else s32
+        if op == isa.ADD:
+            v = dst + src
+        elif op == isa.SUB:
+            v = dst - src
+        elif op == isa.MUL:
+            v = dst * src
+        elif op == isa.DIV:
+            if src == 0:
+                v = 0
+            elif signed:
+                a, b = sx(dst), sx(src)
+                q = abs(a) // abs(b)
+                v = q if (a < 0) == (b < 0) else -q
+            else:
+                v = dst // src
+        elif op == isa.MOD:
+            if src == 0:
+                v = dst
+            elif signed:
+                a, b = sx(dst), sx(src)
+                r = abs(a) % abs(b)
+                v = -r if a < 0 else r
+            else:
+                v = dst % src
+        elif op == isa.OR:
+            v = dst | src
+        elif op == isa.AND:
+            v = dst & src
+        elif op == isa.XOR:
+            v = dst ^ src
+        elif op == isa.LSH:
+            v = dst << (src & (bits - 1))
+        elif op == isa.RSH:
+            v = dst >> (src & (bits - 1))
+        elif op == isa.ARSH:
+            v = sx(dst) >> (src & (bits - 1))
+        else:
+            raise Invalid(f"unknown ALU op {insn.opcode:#x}")
+        f.regs[insn.dst] = v & mask
+
+    # ---- jumps -----------------------------------------------------------
+
+    def _taken(self, f: Frame, insn: Insn) -> bool:
+        op = insn.opcode & 0xF0
+        if op == isa.JA:
+            return True
+        is32 = insn.cls == isa.JMP32
+        mask = U32 if is32 else U64
+        sx = s32 if is32 else s64
+        a = self._reg(f, insn.dst) & mask
+        b = (self._reg(f, insn.src) if insn.opcode & isa.X else insn.imm & U64) & mask
+        return {
+            isa.JEQ: a == b, isa.JNE: a != b, isa.JSET: bool(a & b),
+            isa.JGT: a > b, isa.JGE: a >= b, isa.JLT: a < b, isa.JLE: a <= b,
+            isa.JSGT: sx(a) > sx(b), isa.JSGE: sx(a) >= sx(b),
+            isa.JSLT: sx(a) < sx(b), isa.JSLE: sx(a) <= sx(b),
+        }[op]
+
+    # ---- memory instructions ---------------------------------------------
+
+    def _ld_imm64(self, f: Frame, insn: Insn, hi: Insn) -> None:
+        if insn.src == 0:
+            f.regs[insn.dst] = ((hi.imm & U32) << 32) | (insn.imm & U32)
+        elif insn.src in (isa.PSEUDO_MAP_FD, isa.PSEUDO_MAP_VALUE):
+            if not 0 <= insn.imm < len(self.maps):
+                raise Invalid(f"ld_imm64 of unknown map #{insn.imm}")
+            base = Layout.MAPS + insn.imm * Layout.MAP_SPAN
+            if insn.src == isa.PSEUDO_MAP_VALUE:
+                base += Layout.VALUES + (hi.imm & U32)
+            f.regs[insn.dst] = base
+        elif insn.src == isa.PSEUDO_FUNC:
+            f.regs[insn.dst] = Layout.FUNCS + f.pc + 1 + insn.imm
+        else:
+            raise Invalid(f"ld_imm64 pseudo source {insn.src} is not supported")
+
+    def _store(self, f: Frame, insn: Insn) -> None:
+        size = isa.SIZE_BYTES[insn.opcode & 0x18]
+        addr = (self._reg(f, insn.dst) + insn.off) & U64
+        mask = (1 << (8 * size)) - 1
+        if insn.cls == isa.ST:
+            self.write(addr, (insn.imm & mask).to_bytes(size, "little"))
+            return
+        if insn.opcode & 0xE0 == isa.MEM:
+            self.write(addr, (self._reg(f, insn.src) & mask).to_bytes(size, "little"))
+            return
+        # atomics: read-modify-write; fetch variants return the old value
+        old = int.from_bytes(self.read(addr, size), "little")
+        src = self._reg(f, insn.src) & mask
+        op = insn.imm
+        base = op & ~isa.FETCH
+        if op == isa.CMPXCHG:
+            r0 = self._reg(f, 0) & mask
+            if r0 == old:
+                self.write(addr, src.to_bytes(size, "little"))
+            f.regs[0] = old
+            return
+        if op == isa.XCHG:
+            new = src
+        elif base == isa.ADD:
+            new = (old + src) & mask
+        elif base == isa.OR:
+            new = old | src
+        elif base == isa.AND:
+            new = old & src
+        elif base == isa.XOR:
+            new = old ^ src
+        else:
+            raise Invalid(f"unknown atomic op {op:#x}")
+        self.write(addr, new.to_bytes(size, "little"))
+        if op & isa.FETCH:
+            f.regs[insn.src] = old
+
+    # ---- calls, tail calls, exits, throws --------------------------------
+
+    def _args(self, f: Frame) -> tuple:
+        return tuple(self.symbolize(f.regs[r]) for r in range(1, 6))
+
+    def _clobber_args(self, f: Frame) -> None:
+        for r in range(1, 6):
+            f.regs[r] = None
+
+    def _call(self, run: _Run, f: Frame, insn: Insn) -> int | None:
+        if insn.src == isa.PSEUDO_CALL:
+            target = f.pc + 1 + insn.imm
+            # the verifier bounds each program's static call depth (8 frames);
+            # at run time tail calls made from subprograms stack those chains
+            # up to (33 + 1) times, which is exactly what the JITs must survive
+            if len(run.frames) >= 8 * (self.profile.max_tail_calls + 1):
+                raise Invalid("call stack deeper than the verifier allows")
+            run.events.append(Event("call", f.where(), (f.prog.function_name(target),
+                                                        self._args(f))))
+            callee = self._new_frame(f.prog, target, depth=len(run.frames), call_pc=f.pc)
+            callee.regs[1:6] = f.regs[1:6]
+            run.frames.append(callee)
+            return None
+        if insn.src == isa.PSEUDO_KFUNC_CALL:
+            if insn.imm != BPF_THROW:
+                raise Invalid(f"call to unknown kfunc {KFUNCS.get(insn.imm, insn.imm)}")
+            return self._throw(run, f, self._reg(f, 1))
+        if insn.imm == TAIL_CALL:
+            return self._tail_call(run, f)
+        helper = HELPERS.get(insn.imm)
+        if helper is None:
+            raise Invalid(f"call to unknown helper {insn.imm}")
+        args = tuple(self._reg(f, r) for r in range(1, 1 + helper.nargs))
+        args += (0,) * (5 - len(args))
+        r0, read = call_helper(self, insn.imm, args)
+        run.events.append(Event("helper", f.where(),
+                                (insn.imm, tuple(self.symbolize(a) for a in args[: helper.nargs]),
+                                 self.symbolize(r0), read)))
+        self._clobber_args(f)
+        f.regs[0] = r0
+        f.pc += 1
+        return None
+
+    def _tail_call(self, run: _Run, f: Frame) -> int | None:
+        """bpf_tail_call(ctx, prog_array, index), checks in the x86-64 JIT's order."""
+        m = self.map_at(self._reg(f, 2))
+        if m is None or m.kind != "prog_array":
+            raise Invalid("bpf_tail_call on something that is not a prog array")
+        index = self._reg(f, 3) & U32
+        counter = run.counter
+        target = None
+        if index < m.max_entries and counter < self.profile.max_tail_calls:
+            target = m.slots.get(index)
+            if target is not None or self.profile.empty_slot_consumes_budget:
+                run.counter += 1
+        run.events.append(Event("tail_call", f.where(), (index, counter, target)))
+        if target is None:
+            self._clobber_args(f)
+            f.regs[0] = None
+            f.pc += 1
+            return None
+        run.tail_calls += 1
+        ctx = f.regs[1]
+        new = self._new_frame(self.case.programs[target], 0, depth=f.depth, call_pc=f.call_pc)
+        new.regs[1] = ctx
+        run.frames[-1] = new
+        return None
+
+    def _return(self, run: _Run, r0: int) -> int | None:
+        run.frames.pop()
+        if not run.frames:
+            return r0
+        caller = run.frames[-1]
+        caller.regs[0] = r0
+        self._clobber_args(caller)
+        caller.pc += 1
+        preserved = tuple(self.symbolize(caller.regs[r]) for r in range(6, 10))
+        run.events.append(Event("ret", caller.where(caller.pc - 1), (r0, preserved)))
+        return None
+
+    def _throw(self, run: _Run, f: Frame, cookie: int) -> int | None:
+        run.events.append(Event("throw", f.where(), (cookie,)))
+        # the boundary: the innermost frame running some program's main
+        while run.frames[-1].func_start != 0:
+            run.frames.pop()
+        boundary = run.frames[-1]
+        prog = boundary.prog
+        cb = prog.exception_callback_pc()
+        if cb is None:
+            return self._return(run, cookie)
+        # the callback runs in the boundary's place and returns for it
+        frame = self._new_frame(prog, cb, depth=boundary.depth, call_pc=boundary.call_pc)
+        frame.regs[1] = cookie
+        run.frames[-1] = frame
+        return None
+
+
+def run_case(case: Case, profile: Profile = LINUX, *, budget: int = 200_000,
+             lockstep: bool = False) -> list[RunOutcome]:
+    return Interpreter(case, profile, budget=budget, lockstep=lockstep).run_case()

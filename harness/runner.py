@@ -1,0 +1,95 @@
+"""Run one case through the reference and candidate engines and judge it.
+
+This is the whole differential step as a library call; the CLI, the fuzzer
+and the tests are thin layers over ``Runner.check``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness import engines
+from harness.outcome import CaseOutcome, RunOutcome, Status
+from harness.profile import LINUX, Profile
+from harness.system import Case
+from oracles import Divergence, Verdict, compare_case
+
+__all__ = ["Runner", "Result", "expectation_failures", "REFERENCE_BUDGET", "native_budget"]
+
+#: BPF instructions the reference may execute per run.
+REFERENCE_BUDGET = 200_000
+
+
+def native_budget(reference_steps: int) -> int:
+    """A JIT's budget is a generous multiple of what the reference needed, so a
+    JIT that runs away where the reference finished is a divergence, not a skip."""
+    return 64 * reference_steps + 100_000
+
+
+@dataclass
+class Result:
+    reference: CaseOutcome
+    #: engine name -> (verdict, divergence, its outcome)
+    candidates: dict[str, tuple[Verdict, Divergence | None, CaseOutcome]] = field(
+        default_factory=dict
+    )
+
+    @property
+    def divergences(self) -> list[tuple[str, Divergence]]:
+        return [(n, d) for n, (v, d, _) in self.candidates.items() if v is Verdict.DIVERGE and d]
+
+    @property
+    def poisoned(self) -> bool:
+        return any(v is Verdict.POISONED for v, _, _ in self.candidates.values())
+
+
+class Runner:
+    """Holds the engines (each engine keeps its emulator or worker alive across
+    cases, which is where the speed comes from)."""
+
+    def __init__(self, candidates: list[str] | tuple[str, ...], profile: Profile = LINUX,
+                 **options):
+        self.profile = profile
+        self.reference = engines.get("interp", profile)
+        self.engines = [engines.get(n, profile, **options) for n in candidates if n != "interp"]
+
+    def check(self, case: Case, *, lockstep: bool = False) -> Result:
+        ref = self.reference.run(case, budget=REFERENCE_BUDGET, lockstep=lockstep)
+        steps = max((r.steps for r in ref.runs), default=0)
+        result = Result(ref)
+        for eng in self.engines:
+            out = eng.run(case, budget=native_budget(steps), lockstep=lockstep)
+            v, d = compare_case(ref.runs, out.runs)
+            result.candidates[eng.name] = (v, d, out)
+        return result
+
+    def close(self) -> None:
+        for e in self.engines:
+            e.close()
+
+
+def expectation_failures(case: Case, runs: list[RunOutcome]) -> list[str]:
+    """The case's own expectations against one engine's runs."""
+    failures = []
+    run_steps = [s for s in case.script() if s.kind == "run"]
+    for i, (step, out) in enumerate(zip(run_steps, runs)):
+        exp = step.expect
+        if exp.empty():
+            continue
+        if out.status is not Status.OK:
+            failures.append(f"run {i} ({step.program}): {out.status.value} at {out.where}: "
+                            f"{out.detail}")
+            continue
+        if exp.retval is not None and out.retval != exp.retval:
+            failures.append(f"run {i} ({step.program}): retval {out.retval:#x}, "
+                            f"expected {exp.retval:#x}")
+        if exp.tail_calls is not None and out.tail_calls != exp.tail_calls:
+            failures.append(f"run {i} ({step.program}): {out.tail_calls} tail calls, "
+                            f"expected {exp.tail_calls}")
+        for (name, key), want in exp.maps.items():
+            m = case.maps[name]
+            got = out.maps.get(name, b"")[key * m.value_size : (key + 1) * m.value_size]
+            if got != want:
+                failures.append(f"run {i} ({step.program}): map {name}[{key}] = {got.hex(' ')}, "
+                                f"expected {want.hex(' ')}")
+    return failures

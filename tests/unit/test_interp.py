@@ -1,0 +1,324 @@
+"""The reference interpreter, one opcode class at a time, against hand-computed
+values (the kernel's ``___bpf_prog_run`` semantics)."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import isa
+from harness.helpers import BPF_THROW
+from harness.interp import run_case
+from harness.isa import Insn as I
+from harness.outcome import Status
+from harness.profile import LINUX
+from harness.system import Case, MapDef, Program
+
+U64 = (1 << 64) - 1
+
+
+def mov(dst, imm, *, w64=True):
+    return I((isa.ALU64 if w64 else isa.ALU) | isa.MOV | isa.K, dst, 0, 0, imm)
+
+
+def alu(op, dst, src=None, imm=0, *, w64=True, off=0):
+    c = isa.ALU64 if w64 else isa.ALU
+    if src is None:
+        return I(c | op | isa.K, dst, 0, off, imm)
+    return I(c | op | isa.X, dst, src, off, 0)
+
+
+EXIT = I(isa.JMP | isa.EXIT)
+
+
+def ret_of(insns, *, ctx=b"", maps=None, ptype="sched_cls", profile=LINUX, labels=None,
+           **prog_kw):
+    case = Case({"p": Program("p", ptype, list(insns), labels=labels or {0: "main"}, **prog_kw)},
+                maps=maps or {}, ctx=ctx)
+    out = run_case(case, profile)[0]
+    assert out.status is Status.OK, (out.status, out.where, out.detail)
+    return out
+
+
+def r0(insns, **kw):
+    return ret_of(insns, **kw).retval
+
+
+@pytest.mark.parametrize(
+    "op,a,b,w64,off,want",
+    [
+        (isa.ADD, 0xFFFFFFFF, 1, False, 0, 0),  # 32-bit wraps and zero-extends
+        (isa.ADD, 0xFFFFFFFF, 1, True, 0, 0x100000000),
+        (isa.SUB, 0, 1, True, 0, U64),
+        (isa.SUB, 0, 1, False, 0, 0xFFFFFFFF),
+        (isa.MUL, 0x80000000, 2, False, 0, 0),
+        (isa.DIV, 7, 0, True, 0, 0),  # division by zero gives 0
+        (isa.MOD, 7, 0, True, 0, 7),  # modulo by zero leaves dst
+        (isa.MOD, 0x1_0000_0007, 0, False, 0, 7),  # ... truncated to 32 bits
+        (isa.DIV, -7 & U64, 2, True, 1, -3 & U64),  # sdiv truncates toward zero
+        (isa.MOD, -7 & U64, 2, True, 1, -1 & U64),  # smod takes the dividend's sign
+        (isa.DIV, 1 << 63, -1 & U64, True, 1, 1 << 63),  # INT_MIN / -1 wraps
+        (isa.MOD, 1 << 63, -1 & U64, True, 1, 0),
+        (isa.DIV, 0x80000000, 0xFFFFFFFF, False, 1, 0x80000000),
+        (isa.LSH, 1, 65, True, 0, 2),  # shift amount masked to 63
+        (isa.LSH, 1, 33, False, 0, 2),  # ... and to 31 for alu32
+        (isa.RSH, 1 << 63, 63, True, 0, 1),
+        (isa.ARSH, 1 << 63, 63, True, 0, U64),
+        (isa.ARSH, 0x80000000, 31, False, 0, 0xFFFFFFFF),
+        (isa.XOR, 0xF0, 0xFF, True, 0, 0x0F),
+        (isa.OR, 0xF0, 0x0F, True, 0, 0xFF),
+        (isa.AND, 0xF0, 0x3C, True, 0, 0x30),
+    ],
+)
+def test_alu_register_forms(op, a, b, w64, off, want):
+    prog = [*isa.ld_imm64(1, a), *isa.ld_imm64(2, b), alu(op, 1, 2, w64=w64, off=off),
+            alu(isa.MOV, 0, 1), EXIT]
+    assert r0(prog) == want
+
+
+def test_alu_immediates_sign_extend_only_for_alu64():
+    assert r0([mov(0, -1), EXIT]) == U64
+    assert r0([mov(0, -1, w64=False), EXIT]) == 0xFFFFFFFF
+    assert r0([mov(0, 5), alu(isa.ADD, 0, imm=-1), EXIT]) == 4
+    assert r0([mov(0, 0), alu(isa.SUB, 0, imm=1, w64=False), EXIT]) == 0xFFFFFFFF
+
+
+def test_neg_and_movsx():
+    assert r0([mov(0, 5), I(isa.ALU64 | isa.NEG, 0), EXIT]) == -5 & U64
+    assert r0([mov(0, 5), I(isa.ALU | isa.NEG, 0), EXIT]) == 0xFFFFFFFB
+    prog = [mov(1, 0x80), alu(isa.MOV, 0, 1, off=8), EXIT]  # (s8)0x80 = -128
+    assert r0(prog) == -128 & U64
+    prog = [mov(1, 0x8000), alu(isa.MOV, 0, 1, off=16, w64=False), EXIT]
+    assert r0(prog) == 0xFFFF8000
+    prog = [*isa.ld_imm64(1, 0x80000000), alu(isa.MOV, 0, 1, off=32), EXIT]
+    assert r0(prog) == 0xFFFFFFFF80000000
+
+
+def test_byte_swaps():
+    v = 0x0102030405060708
+    be = lambda width: [*isa.ld_imm64(0, v), I(isa.ALU | isa.END | isa.TO_BE, 0, 0, 0, width), EXIT]
+    le = lambda width: [*isa.ld_imm64(0, v), I(isa.ALU | isa.END | isa.TO_LE, 0, 0, 0, width), EXIT]
+    bswap = lambda width: [*isa.ld_imm64(0, v), I(isa.ALU64 | isa.END, 0, 0, 0, width), EXIT]
+    assert r0(be(16)) == 0x0807
+    assert r0(be(32)) == 0x08070605
+    assert r0(be(64)) == 0x0807060504030201
+    assert r0(le(16)) == 0x0708
+    assert r0(le(32)) == 0x05060708
+    assert r0(le(64)) == v
+    assert r0(bswap(16)) == 0x0807
+    assert r0(bswap(64)) == 0x0807060504030201
+
+
+@pytest.mark.parametrize(
+    "op,cls,a,b,taken",
+    [
+        (isa.JEQ, isa.JMP, 5, 5, True),
+        (isa.JGT, isa.JMP, U64, 1, True),  # unsigned
+        (isa.JSGT, isa.JMP, U64, 1, False),  # signed: -1 > 1 is false
+        (isa.JSLT, isa.JMP, U64, 0, True),
+        (isa.JSET, isa.JMP, 0b1010, 0b0100, False),
+        (isa.JNE, isa.JMP32, 0x1_0000_0005, 5, False),  # jmp32 compares low halves
+        (isa.JLT, isa.JMP32, 0x1_0000_0001, 2, True),
+        (isa.JSGE, isa.JMP32, 0xFFFFFFFF, 0, False),
+        (isa.JLE, isa.JMP, 3, 3, True),
+        (isa.JGE, isa.JMP, 2, 3, False),
+        (isa.JSLE, isa.JMP, U64, U64, True),
+        (isa.JSGE, isa.JMP, 0, U64, True),
+    ],
+)
+def test_conditional_jumps(op, cls, a, b, taken):
+    prog = [*isa.ld_imm64(1, a), *isa.ld_imm64(2, b), mov(0, 0),
+            I(cls | op | isa.X, 1, 2, 1, 0), EXIT, mov(0, 1), EXIT]
+    assert r0(prog) == int(taken)
+
+
+def test_ja_and_gotol():
+    assert r0([mov(0, 1), I(isa.JMP | isa.JA, 0, 0, 1), mov(0, 2), EXIT]) == 1
+    assert r0([mov(0, 1), I(isa.JMP32 | isa.JA, 0, 0, 0, 1), mov(0, 2), EXIT]) == 1
+
+
+def test_loads_stores_and_sign_extending_loads():
+    st = lambda size, off, imm: I(isa.ST | isa.MEM | size, 10, 0, off, imm)
+    ldx = lambda size, dst, off, mode=isa.MEM: I(isa.LDX | mode | size, dst, 10, off)
+    prog = [st(isa.DW, -8, -1), st(isa.B, -8, 0x80), ldx(isa.B, 0, -8, isa.MEMSX), EXIT]
+    assert r0(prog) == -128 & U64
+    prog = [st(isa.DW, -8, 0), st(isa.H, -6, 0x1234), ldx(isa.DW, 0, -8), EXIT]
+    assert r0(prog) == 0x1234 << 16
+    prog = [st(isa.W, -4, -2), ldx(isa.W, 0, -4), EXIT]  # zero-extending
+    assert r0(prog) == 0xFFFFFFFE
+
+
+def test_ctx_reads_and_uninitialised_reads_are_invalid():
+    ctx = (0x1122334455667788).to_bytes(8, "little")
+    assert r0([I(isa.LDX | isa.MEM | isa.W, 0, 1, 4), EXIT], ctx=ctx, ptype="raw_tp") == 0x11223344
+    case = Case({"p": Program("p", "raw_tp", [alu(isa.MOV, 0, 2), EXIT], {0: "main"})})
+    out = run_case(case)[0]
+    assert out.status is Status.INVALID and "R2" in out.detail and out.where.pc == 0
+    case = Case({"p": Program("p", "raw_tp", [I(isa.LDX | isa.MEM | isa.DW, 0, 10, -8), EXIT])})
+    assert run_case(case)[0].status is Status.INVALID
+
+
+@pytest.mark.parametrize(
+    "op,size,old,src,want_mem,want_src",
+    [
+        (isa.ADD, isa.DW, 5, 3, 8, 3),
+        (isa.ADD | isa.FETCH, isa.DW, 5, 3, 8, 5),
+        (isa.OR | isa.FETCH, isa.W, 0xF0, 0x0F, 0xFF, 0xF0),
+        (isa.AND, isa.W, 0xF0, 0x3C, 0x30, 0x3C),
+        (isa.XOR | isa.FETCH, isa.DW, 0xFF, 0x0F, 0xF0, 0xFF),
+        (isa.XCHG, isa.W, 7, 9, 9, 7),
+    ],
+)
+def test_atomics_on_the_stack(op, size, old, src, want_mem, want_src):
+    ldx = I(isa.LDX | isa.MEM | size, 0, 10, -8)
+    prog = [I(isa.ST | isa.MEM | isa.DW, 10, 0, -8, 0), I(isa.ST | isa.MEM | size, 10, 0, -8, old),
+            mov(2, src), I(isa.STX | isa.ATOMIC | size, 10, 2, -8, op), ldx,
+            alu(isa.LSH, 0, imm=32), alu(isa.OR, 0, 2), EXIT]
+    assert r0(prog) == (want_mem << 32) | want_src
+
+
+def test_cmpxchg_loads_old_value_into_r0():
+    base = [I(isa.ST | isa.MEM | isa.DW, 10, 0, -8, 7), mov(2, 9)]
+    hit = base + [mov(0, 7), I(isa.STX | isa.ATOMIC | isa.DW, 10, 2, -8, isa.CMPXCHG),
+                  I(isa.LDX | isa.MEM | isa.DW, 1, 10, -8), alu(isa.LSH, 1, imm=8),
+                  alu(isa.OR, 0, 1), EXIT]
+    assert r0(hit) == (9 << 8) | 7
+    miss = base + [mov(0, 1), I(isa.STX | isa.ATOMIC | isa.DW, 10, 2, -8, isa.CMPXCHG),
+                   I(isa.LDX | isa.MEM | isa.DW, 1, 10, -8), alu(isa.LSH, 1, imm=8),
+                   alu(isa.OR, 0, 1), EXIT]
+    assert r0(miss) == (7 << 8) | 7
+
+
+def call(target_rel):
+    return I(isa.JMP | isa.CALL, 0, isa.PSEUDO_CALL, 0, target_rel)
+
+
+def test_bpf_to_bpf_call_preserves_r6_to_r9_and_passes_arguments():
+    # main: r6 = 6; r1 = 1; r2 = 2; call f; r0 += r6; exit   f: r0 = r1 + r2; r6 = 100; exit
+    prog = [mov(6, 6), mov(1, 1), mov(2, 2), call(2), alu(isa.ADD, 0, 6), EXIT,
+            alu(isa.MOV, 0, 1), alu(isa.ADD, 0, 2), mov(6, 100), EXIT]
+    out = ret_of(prog)
+    assert out.retval == 9
+    kinds = [e.kind for e in out.events]
+    assert kinds == ["call", "ret", "exit"]
+    assert out.events[0].data == ("f6", (1, 2, None, None, None))
+
+
+def test_each_frame_has_its_own_stack():
+    prog = [I(isa.ST | isa.MEM | isa.DW, 10, 0, -8, 1), call(2),
+            I(isa.LDX | isa.MEM | isa.DW, 0, 10, -8), EXIT,
+            I(isa.ST | isa.MEM | isa.DW, 10, 0, -8, 2), mov(0, 0), EXIT]
+    assert r0(prog) == 1
+
+
+def tail_call_prog(counter_map=1, jt=0, key_insns=None, after=7):
+    """Count runs in array map #counter_map, then tail-call slot r3 of map #jt."""
+    return [
+        alu(isa.MOV, 6, 1),
+        I(isa.LD_IMM64, 1, isa.PSEUDO_MAP_VALUE, 0, counter_map), I(0),
+        mov(2, 1), I(isa.STX | isa.ATOMIC | isa.DW, 1, 2, 0, isa.ADD),
+        alu(isa.MOV, 1, 6),
+        I(isa.LD_IMM64, 2, isa.PSEUDO_MAP_FD, 0, jt), I(0),
+        *(key_insns or [mov(3, 0)]),
+        I(isa.JMP | isa.CALL, 0, 0, 0, 12),
+        mov(0, after), EXIT,
+    ]
+
+
+def system(progs, slots, *, max_entries=4, profile=LINUX, steps=()):
+    maps = {"jt": MapDef("jt", "prog_array", max_entries, 4, slots),
+            "runs": MapDef("runs", "array", 1, 8)}
+    case = Case({n: Program(n, "sched_cls", p, labels={0: "main"}) for n, p in progs.items()},
+                maps, steps=list(steps))
+    return run_case(case, profile)
+
+
+def test_self_tail_call_loop_takes_33_tail_calls_34_runs():
+    out = system({"entry": tail_call_prog()}, {0: "entry"})[0]
+    assert (out.retval, out.tail_calls) == (7, 33)
+    assert int.from_bytes(out.maps["runs"], "little") == 34
+    attempts = [e.data for e in out.events if e.kind == "tail_call"]
+    assert attempts[-1] == (0, 33, None) and attempts[0] == (0, 0, "entry")
+
+
+def test_profile_knob_limits_to_32():
+    out = system({"entry": tail_call_prog()}, {0: "entry"},
+                 profile=LINUX.but(max_tail_calls=32))[0]
+    assert out.tail_calls == 32 and int.from_bytes(out.maps["runs"], "little") == 33
+
+
+def test_empty_slot_and_out_of_range_fall_through_without_budget():
+    out = system({"entry": tail_call_prog(key_insns=[mov(3, 1)])}, {})[0]
+    assert (out.retval, out.tail_calls) == (7, 0)
+    assert [e.data for e in out.events if e.kind == "tail_call"] == [(1, 0, None)]
+    out = system({"entry": tail_call_prog(key_insns=[mov(3, 4)])}, {0: "entry"})[0]
+    assert out.tail_calls == 0  # 4 >= max_entries
+
+
+def test_index_is_u32():
+    key = [*isa.ld_imm64(3, (1 << 32) | 0)]
+    out = system({"entry": tail_call_prog(key_insns=key)}, {0: "entry"})[0]
+    assert out.tail_calls == 33
+
+
+def test_empty_slot_budget_knob():
+    # entry: try empty slot 1, then loop on slot 0: with the kernel interpreter's
+    # order the failed call costs one unit of budget, so only 32 are taken
+    prog = [alu(isa.MOV, 6, 1),
+            I(isa.LD_IMM64, 2, isa.PSEUDO_MAP_FD, 0, 0), I(0), mov(3, 1),
+            I(isa.JMP | isa.CALL, 0, 0, 0, 12),
+            alu(isa.MOV, 1, 6), *tail_call_prog()[1:]]
+    assert system({"entry": prog}, {0: "entry"})[0].tail_calls == 33
+    knob = LINUX.but(empty_slot_consumes_budget=True)
+    out = system({"entry": prog}, {0: "entry"}, profile=knob)[0]
+    # every run burns one unit on the empty slot before its real tail call: runs
+    # start with counter 0, 2, ..., 32; the 17th cannot tail call any more
+    assert out.tail_calls == 16 and int.from_bytes(out.maps["runs"], "little") == 17
+
+
+def test_tail_call_from_subprogram_returns_to_its_caller():
+    # entry: call sub; r0 += 1000; exit.  sub: tail-call slot 0 (= target).  target: r0 = 5
+    entry = [alu(isa.MOV, 6, 1), call(2), alu(isa.ADD, 0, imm=1000), EXIT,
+             I(isa.LD_IMM64, 2, isa.PSEUDO_MAP_FD, 0, 0), I(0), mov(3, 0),
+             I(isa.JMP | isa.CALL, 0, 0, 0, 12), mov(0, 55), EXIT]
+    target = [mov(0, 5), EXIT]
+    out = system({"entry": entry, "target": target}, {0: "target"})[0]
+    assert (out.retval, out.tail_calls) == (1005, 1)
+
+
+def test_hierarchy_shares_one_counter():
+    # entry: calls sub twice; sub tail-calls entry (slot 0). Still 33 tail calls in
+    # total, not 33 per subprogram call (the "tailcall hierarchy" bug).
+    entry = [alu(isa.MOV, 6, 1),
+             I(isa.LD_IMM64, 1, isa.PSEUDO_MAP_VALUE, 0, 1), I(0),
+             mov(2, 1), I(isa.STX | isa.ATOMIC | isa.DW, 1, 2, 0, isa.ADD),
+             alu(isa.MOV, 1, 6), call(4), alu(isa.MOV, 1, 6), call(2), mov(0, 0), EXIT,
+             I(isa.LD_IMM64, 2, isa.PSEUDO_MAP_FD, 0, 0), I(0), mov(3, 0),
+             I(isa.JMP | isa.CALL, 0, 0, 0, 12), mov(0, 0), EXIT]
+    out = system({"entry": entry}, {0: "entry"})[0]
+    assert out.tail_calls == 33
+    # runs = 1 (entry) + 33 tail-called runs + the second calls, each of which
+    # can no longer tail call: count them from first principles:
+    # depth-first, every entry run makes 2 sub calls; once the budget is spent,
+    # each remaining sub call falls through. 34 entry runs in total.
+    assert int.from_bytes(out.maps["runs"], "little") == 34
+
+
+def throw(cookie_reg=1):
+    return I(isa.JMP | isa.CALL, 0, isa.PSEUDO_KFUNC_CALL, 0, BPF_THROW)
+
+
+def test_throw_without_callback_returns_cookie_through_nested_frames():
+    # main: call f1; r0 = 1; exit. f1: call f2; exit. f2: r1 = 42; bpf_throw
+    prog = [call(2), mov(0, 1), EXIT, call(1), EXIT, mov(1, 42), throw()]
+    out = ret_of(prog)
+    assert out.retval == 42
+    assert [e.kind for e in out.events] == ["call", "call", "throw", "exit"]
+
+
+def test_throw_with_callback_returns_callbacks_value():
+    # main: call f; exit.   cb (right after main): r0 = r1 * 2; exit.   f: r1 = 21; throw
+    prog = [call(4), mov(0, 1), EXIT, alu(isa.MOV, 0, 1), alu(isa.MUL, 0, imm=2), EXIT,
+            mov(1, 21), throw()]
+    prog[0] = call(5)
+    out = ret_of(prog, labels={0: "main", 3: "cb", 6: "f"}, exception_callback="cb")
+    assert out.retval == 42
