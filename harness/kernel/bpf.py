@@ -89,6 +89,12 @@ class ProgType(enum.IntEnum):
     RAW_TRACEPOINT = 17
 
 
+def _errno_name(e: int) -> str:
+    # 524 is the kernel-internal ENOTSUPP, which leaks to user space from the
+    # verifier (e.g. for some invalid map value accesses).
+    return _errno.errorcode.get(e) or {524: "ENOTSUPP"}.get(e, str(e))
+
+
 class BpfError(JitdiffError):
     """A ``bpf()`` command failed with ``errno`` (not a verifier rejection)."""
 
@@ -102,7 +108,7 @@ class BpfError(JitdiffError):
         except ValueError:
             name = str(self.cmd)
         what = f" ({self.what})" if self.what else ""
-        return f"bpf({name}){what}: {_errno.errorcode.get(self.errno, self.errno)} {os.strerror(self.errno)}"
+        return f"bpf({name}){what}: {_errno_name(self.errno)} {os.strerror(self.errno)}"
 
 
 class Rejected(JitdiffError):
@@ -118,7 +124,7 @@ class Rejected(JitdiffError):
 
     @property
     def errno_name(self) -> str:
-        return _errno.errorcode.get(self.errno, str(self.errno))
+        return _errno_name(self.errno)
 
     @property
     def reason(self) -> str:
@@ -163,6 +169,10 @@ class Fd:
         if self.fd < 0:
             raise ValueError(f"{self!r} is closed")
         return self.fd
+
+    def __reduce__(self):
+        # A descriptor number means nothing in another process.
+        raise TypeError(f"{self!r} cannot be pickled: fds stay in the process that opened them")
 
     def __enter__(self) -> Fd:
         return self
@@ -396,9 +406,7 @@ def prog_test_run(
         "<IIIIQQII", a, 0, int(fd), 0, len(data), data_out_size,
         _addr(din) if data else 0, _addr(dout), repeat, 0,
     )  # fmt: skip
-    struct.pack_into(
-        "<IIQQ", a, 40, len(ctx), ctx_out_size, _addr(cin) if ctx else 0, _addr(cout)
-    )
+    struct.pack_into("<IIQQ", a, 40, len(ctx), ctx_out_size, _addr(cin) if ctx else 0, _addr(cout))
     _call(Cmd.PROG_TEST_RUN, a, f"test run {fd!r}")
     _, retval, _, dsize = struct.unpack_from("<IIII", a, 0)
     (duration,) = struct.unpack_from("<I", a, 36)
@@ -441,7 +449,7 @@ class ProgInfo:
     def func_images(self) -> list[tuple[int, bytes]]:
         """(address, code) of each function, split by ``jited_func_lens``."""
         out, pos = [], 0
-        for addr, n in zip(self.jited_ksyms, self.jited_func_lens):
+        for addr, n in zip(self.jited_ksyms, self.jited_func_lens, strict=True):
             out.append((addr, self.jited[pos : pos + n]))
             pos += n
         return out

@@ -118,8 +118,8 @@ class Btf:
     def __init__(self, blob: bytes):
         if len(blob) < HEADER.size:
             raise BtfError("BTF blob shorter than its header")
-        magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = (
-            HEADER.unpack_from(blob)
+        magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = HEADER.unpack_from(
+            blob
         )
         if magic != MAGIC or version != 1:
             raise BtfError(f"not BTF v1 (magic {magic:#x}, version {version})")
@@ -173,7 +173,9 @@ class Btf:
 
     def members(self, t: BtfType) -> list[Member]:
         if t.kind not in (Kind.STRUCT, Kind.UNION):
-            raise BtfError(f"type {t.id} ({t.name or 'anonymous'}) is a {t.kind.name}, not a struct")
+            raise BtfError(
+                f"type {t.id} ({t.name or 'anonymous'}) is a {t.kind.name}, not a struct"
+            )
         out = []
         for i in range(t.vlen):
             name_off, mtype, off = struct.unpack_from("<III", self._types, t.data + 12 * i)

@@ -88,8 +88,10 @@ class Kallsyms:
         while j > 0 and self._addrs[j - 1] == base:
             j -= 1
         aliases = self.symbols[j : i + 1]
-        best = next((s for s in aliases if s.type == "T"), None) or next(
-            (s for s in aliases if s.type in "tT"), aliases[-1]
+        # Prefer a global text symbol, and the ordinary name over the
+        # position-independent "__pi_" alias some startup code gets.
+        best = min(
+            aliases, key=lambda s: (s.type != "T", s.type not in "tT", s.name.startswith("__pi_"))
         )
         return best, address - base
 
