@@ -191,7 +191,9 @@ def format_insn(
     if c == isa.LD:  # legacy packet loads
         if i.dst or i.off or (mode == isa.ABS and i.src):
             return _raw(i)
-        where = str(i.imm) if mode == isa.ABS else f"r{i.src} {'-' if i.imm < 0 else '+'} {abs(i.imm)}"
+        where = (
+            str(i.imm) if mode == isa.ABS else f"r{i.src} {'-' if i.imm < 0 else '+'} {abs(i.imm)}"
+        )
         return f"r0 = *(u{bits} *)skb[{where}]"
     if c == isa.LDX:
         if i.imm:
@@ -223,9 +225,7 @@ def format_insn(
     return _raw(i)
 
 
-def _ld_imm64_rhs(
-    pc: int, i: Insn, hi: int, labels: Mapping[int, str], maps: Sequence[str]
-) -> str:
+def _ld_imm64_rhs(pc: int, i: Insn, hi: int, labels: Mapping[int, str], maps: Sequence[str]) -> str:
     lo = i.imm & 0xFFFFFFFF
     if i.src == 0:
         return f"{hex(((hi & 0xFFFFFFFF) << 32) | lo)} ll"
@@ -290,7 +290,9 @@ def _re(pattern: str) -> re.Pattern[str]:
 _P_EXIT = _re(r"exit")
 _P_GOTO = _re(r"(goto|gotol) " + _TGT)
 _P_CALL = _re(r"call (?:(kfunc) # " + _N + r"|" + _N + r"|" + _TGT + r")")
-_P_IF = _re(r"if " + _R + r" (==|!=|>=|<=|>|<|&|s>=|s<=|s>|s<) (?:" + _R + "|" + _N + r") goto " + _TGT)
+_P_IF = _re(
+    r"if " + _R + r" (==|!=|>=|<=|>|<|&|s>=|s<=|s>|s<) (?:" + _R + "|" + _N + r") goto " + _TGT
+)
 _P_LOCK = _re(r"lock " + _ST_SIZE + _MEMREF + r" (\+=|\|=|&=|\^=) " + _R)
 _P_FETCH = _re(
     _R + r" = atomic_fetch_(add|or|and|xor) \( \( u(32|64) \* \) " + _MEMREF + r" , " + _R + r" \)"
@@ -300,7 +302,10 @@ _P_CMPXCHG = _re(_R + r" = cmpxchg(_64|32_32) \( " + _ADDR + r", " + _R + r" , "
 _P_STORE = _re(_ST_SIZE + _MEMREF + r" = (?:" + _R + "|" + _N + r")")
 _P_LOAD = _re(_R + r" = \* \( ([us])(8|16|32|64) \* \) " + _MEMREF)
 _P_SKB = _re(
-    _R + r" = \* \( u(8|16|32) \* \) skb \[ (?:" + _N + r" |(r\d+) (?:([+-]) (0[xX][0-9a-fA-F]+|\d+) )?)\]"
+    _R
+    + r" = \* \( u(8|16|32) \* \) skb \[ (?:"
+    + _N
+    + r" |(r\d+) (?:([+-]) (0[xX][0-9a-fA-F]+|\d+) )?)\]"
 )
 _P_LDIMM = _re(_R + r" = " + _N + r" ll")
 _P_PSEUDO = _re(
@@ -311,7 +316,9 @@ _P_LDRAW = _re(_R + r" = ll \[ src = (\d+) , imm = " + _N + r" , hi = " + _N + r
 _P_NEG = _re(_R + r" = - " + _R)
 _P_MOVSX = _re(_R + r" = \( s(8|16|32) \) " + _R)
 _P_END = _re(_R + r" = (be|le|bswap)(16|32|64) " + _R)
-_P_ALU = _re(_R + r" (=|\+=|-=|\*=|/=|\|=|&=|<<=|>>=|%=|\^=|s>>=|s/=|s%=) (?:" + _R + "|" + _N + r")")
+_P_ALU = _re(
+    _R + r" (=|\+=|-=|\*=|/=|\|=|&=|<<=|>>=|%=|\^=|s>>=|s/=|s%=) (?:" + _R + "|" + _N + r")"
+)
 
 
 @dataclass
