@@ -1,0 +1,374 @@
+"""A model of the Linux 6.18 x86-64 BPF JIT, byte for byte.
+
+``compile_system`` runs a model of the verifier's rewrites (``fixups``), then a
+port of ``bpf_int_jit_compile``/``do_jit`` (``codegen``) for every function of
+every program, places the images kernel-like and applies the initial state of
+the direct tail-call poke sites (``bpf_tail_call_direct_fixup``).
+
+Address space of a compiled system (all distinct, nothing overlaps):
+
+* code: function images from ``0xffffffffc0001000``, each page aligned, the
+  next one starting on the first page boundary after the previous image's end
+  plus one byte (so two images never touch);
+* ``struct bpf_array`` of map ``i``: ``0xffff888100000000 + i * 0x10000``
+  (array values at ``+ layout.array_ptrs``, prog-array slots likewise);
+* ``struct bpf_prog`` of program ``i``: ``0xffff888110000000 + i * 0x1000``;
+* external code: one 16-byte slot each from ``0xffffffff81000000``
+  (``return_thunk`` slot 0, ``thunk:rcx`` slot 1, ``helper:<id>`` slot
+  ``0x100 + id``, ``kfunc:<n>`` slot ``0x200 + n``), listed in ``symbols``;
+* ``this_cpu_off`` lives at ``0xffffffff82000000`` (data, not a symbol). The
+  model's per-cpu base is **0**: the executor stores 0 at
+  ``GS_BASE + this_cpu_off`` and a per-cpu pointer is then the address itself;
+* private stacks: one region per function, ``0xffff888120000000 + k * 0x1000``,
+  ``round_up(depth, 8) + 16`` bytes (two 8-byte guards), frame pointer at
+  ``region + 8 + round_up(depth, 8)``; listed in ``percpu_regions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.errors import CaseError, Unsupported
+from harness.image import KERNEL_LAYOUT, NativeFunc, NativeProg, NativeSystem, PokeSite
+from harness.profile import LINUX, Profile
+from harness.system import Case
+
+from .codegen import X86_TAIL_CALL_OFFSET, FuncJit, JitError, JitOptions
+from .encoder import NOP5
+from .fixups import XProg, round_up, translate
+
+__all__ = [
+    "Variant",
+    "FAULTS",
+    "compile_system",
+    "poke_transition",
+    "apply_patches",
+    "listing",
+    "JitError",
+    "X86_TAIL_CALL_OFFSET",
+    "CODE_BASE",
+    "MAP_BASE",
+    "PROG_BASE",
+    "SYMBOL_BASE",
+    "THIS_CPU_OFF",
+    "PERCPU_BASE",
+    "symbol_address",
+]
+
+CODE_BASE = 0xFFFFFFFFC0001000
+MAP_BASE = 0xFFFF888100000000
+MAP_STRIDE = 0x10000
+PROG_BASE = 0xFFFF888110000000
+PROG_STRIDE = 0x1000
+SYMBOL_BASE = 0xFFFFFFFF81000000
+THIS_CPU_OFF = 0xFFFFFFFF82000000
+PERCPU_BASE = 0xFFFF888120000000
+PAGE = 0x1000
+PRIV_STACK_GUARD_SZ = 8
+
+#: Injectable bugs, each a real bug class of bug-classes.md.
+FAULTS: dict[str, str] = {
+    "tcc-limit-off-by-one": "tail-call counter compare uses ja instead of jae (34 tail calls)",
+    "missing-pop": "the tail-call path omits the first callee-saved pop",
+    "tcc-by-value": "2020 design: subprogs get the counter value, not a pointer; "
+    "tail calls counted inside a subprog are lost on return",
+    "r9-not-saved": "private stack: r9 not pushed/popped around helper and kfunc calls",
+    "stale-poke": "poke_transition leaves the target site unpatched on jmp->jmp",
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Named knobs of the model; the default is Linux 6.18 on the project's host."""
+
+    name: str = "linux-6.18"
+    #: injected bugs by name (keys of FAULTS)
+    faults: frozenset[str] = frozenset()
+    #: the CPU has BMI2 (register shifts become shlx/shrx/sarx), as the host does
+    bmi2: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = set(self.faults) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
+
+    def has(self, fault: str) -> bool:
+        return fault in self.faults
+
+    def with_faults(self, *faults: str) -> Variant:
+        return Variant(
+            f"{self.name}+{'+'.join(sorted(faults))}", self.faults | frozenset(faults), self.bmi2
+        )
+
+
+def symbol_address(name: str) -> int:
+    """Fixed address of an external symbol (module doc)."""
+    if name == "return_thunk":
+        slot = 0
+    elif name == "thunk:rcx":
+        slot = 1
+    elif name.startswith("helper:"):
+        slot = 0x100 + int(name.split(":")[1])
+    elif name.startswith("kfunc:"):
+        slot = 0x200 + int(name.split(":")[1])
+    else:
+        raise KeyError(name)
+    return SYMBOL_BASE + 16 * slot
+
+
+def _jmp(at: int, dest: int) -> bytes:
+    return b"\xe9" + (dest - (at + 5)).to_bytes(4, "little", signed=True)
+
+
+def compile_system(
+    case: Case, profile: Profile = LINUX, variant: Variant = Variant()
+) -> NativeSystem:
+    """JIT every program of ``case`` like Linux 6.18 x86-64 would."""
+    layout = KERNEL_LAYOUT
+    opts = JitOptions(profile.max_tail_calls, variant.bmi2, variant.faults)
+    map_addrs = {name: MAP_BASE + k * MAP_STRIDE for k, name in enumerate(case.maps)}
+    for m in case.maps.values():
+        if m.kind == "prog_array":
+            for key, target in m.init.items():
+                if target not in case.programs:
+                    raise CaseError(f"map {m.name}[{key}] names unknown program {target!r}")
+    used_symbols: set[str] = set()
+    any_percpu = False
+    regions: list[tuple[int, int]] = []
+
+    # 1. verifier model + converged passes for every function
+    xprogs: list[XProg] = []
+    jits: list[list[FuncJit]] = []
+    placed: dict[tuple[int, int], int] = {}
+
+    for pidx, prog in enumerate(case.programs.values()):
+        xp = translate(case, prog, private_stack_min=profile.private_stack_threshold)
+        xprogs.append(xp)
+        fj: list[FuncJit] = []
+        multi = len(xp.funcs) > 1
+        for k, f in enumerate(xp.funcs):
+            priv = None
+            if f.private_stack:
+                any_percpu = True
+                depth = round_up(f.stack_depth, 8)
+                region = PERCPU_BASE + len(regions) * PAGE
+                regions.append((region, depth + 2 * PRIV_STACK_GUARD_SZ))
+                priv = region + PRIV_STACK_GUARD_SZ + depth
+
+            def resolve(sym: str, _p: int = pidx) -> int:
+                if sym.startswith("func:"):
+                    return placed.get((_p, int(sym[5:])), 0)
+                used_symbols.add(sym)
+                return symbol_address(sym)
+
+            fj.append(
+                FuncJit(
+                    f,
+                    opts,
+                    is_subprog=multi and k != 0,
+                    exception_boundary=k == 0 and xp.exception_boundary,
+                    priv_frame_ptr=priv,
+                    this_cpu_off=THIS_CPU_OFF,
+                    resolve=resolve,
+                    map_addr=map_addrs.__getitem__,
+                    array_max_entries=layout.array_max_entries,
+                    array_ptrs=layout.array_ptrs,
+                    prog_bpf_func=layout.prog_bpf_func,
+                )
+            )
+        for j in fj:
+            j.converge()
+        jits.append(fj)
+
+    # 2. placement
+    cursor = CODE_BASE
+    for pidx, fj in enumerate(jits):
+        for k, j in enumerate(fj):
+            placed[(pidx, k)] = cursor
+            cursor = round_up(cursor + j.addrs[-1] + 1, PAGE)
+
+    # 3. image pass (+ jit_subprogs' extra pass) at the final addresses
+    progs: dict[str, NativeProg] = {}
+    names = list(case.programs)
+    for pidx, (xp, fj) in enumerate(zip(xprogs, jits, strict=True)):
+        funcs = []
+        for k, j in enumerate(fj):
+            addr = placed[(pidx, k)]
+            code = j.finalize(addr, extra_pass=len(fj) > 1)
+            f = j.f
+            if f.orig_index:
+                insn_addrs = [
+                    addr + j.addrs[f.orig_index[f.start_pc + d]] for d in range(f.orig_len)
+                ]
+            else:
+                insn_addrs = [addr + j.addrs[d] for d in range(len(f.insns))]
+            funcs.append(
+                NativeFunc(
+                    name=f.name,
+                    start_pc=f.start_pc,
+                    address=addr,
+                    code=code,
+                    insn_addrs=insn_addrs,
+                    stack_depth=round_up(f.stack_depth, 8),
+                    private_stack=f.private_stack,
+                    epilogue=addr + j.ctx.cleanup_addr,
+                )
+            )
+        progs[xp.name] = NativeProg(
+            name=xp.name,
+            funcs=funcs,
+            tail_call_entry=funcs[0].address + X86_TAIL_CALL_OFFSET,
+            prog_object=PROG_BASE + pidx * PROG_STRIDE,
+            exception_callback=xp.exception_callback,
+            exception_boundary=xp.exception_boundary,
+        )
+
+    system = NativeSystem(
+        arch="x86_64",
+        progs=progs,
+        maps=map_addrs,
+        symbols={symbol_address(s): s for s in sorted(used_symbols)},
+        layout=layout,
+        this_cpu_off=THIS_CPU_OFF if any_percpu else 0,
+        percpu_regions=regions,
+    )
+
+    # 4. poke sites in their initial state (bpf_tail_call_direct_fixup)
+    for pidx, (xp, fj) in enumerate(zip(xprogs, jits, strict=True)):
+        for k, j in enumerate(fj):
+            addr = placed[(pidx, k)]
+            for rec in j.pokes:
+                desc = xp.pokes[rec.poke]
+                site = PokeSite(
+                    prog=names[pidx],
+                    pc=desc.orig_pc,
+                    map=desc.map,
+                    key=desc.key,
+                    bypass=addr + rec.bypass,
+                    target=addr + rec.target,
+                    out=addr + rec.out,
+                )
+                system.pokes.append(site)
+                target = case.maps[desc.map].init.get(desc.key)
+                if target is not None:
+                    apply_patches(system, poke_transition(system, site, None, target, variant))
+    return system
+
+
+def poke_transition(
+    system: NativeSystem,
+    site: PokeSite,
+    old_prog: str | None,
+    new_prog: str | None,
+    variant: Variant = Variant(),
+) -> list[tuple[int, bytes]]:
+    """The text pokes of ``bpf_arch_poke_desc_update`` for one slot change, in order.
+
+    nop->jmp: target := jmp new, then bypass := nop5; jmp->nop: bypass := jmp out,
+    (synchronize_rcu), then target := nop5; jmp->jmp: target only; nop->nop:
+    nothing. A poke whose new bytes equal the old ones is skipped, as
+    ``__bpf_arch_text_poke`` does."""
+    old = system.progs[old_prog].tail_call_entry if old_prog else None
+    new = system.progs[new_prog].tail_call_entry if new_prog else None
+    patches: list[tuple[int, bytes]] = []
+
+    def poke(at: int, before: bytes, after: bytes) -> None:
+        if before != after:
+            patches.append((at, after))
+
+    jmp_out = _jmp(site.bypass, site.out)
+    if new is not None:
+        if old is not None and variant.has("stale-poke"):
+            return []
+        poke(
+            site.target, _jmp(site.target, old) if old is not None else NOP5, _jmp(site.target, new)
+        )
+        if old is None:
+            poke(site.bypass, jmp_out, NOP5)
+    else:
+        poke(site.bypass, NOP5 if old is not None else jmp_out, jmp_out)
+        poke(site.target, _jmp(site.target, old) if old is not None else NOP5, NOP5)
+    return patches
+
+
+def apply_patches(system: NativeSystem, patches: list[tuple[int, bytes]]) -> None:
+    """Write text pokes into the functions' code (keeps listings live)."""
+    for at, data in patches:
+        for prog in system.progs.values():
+            for f in prog.funcs:
+                if f.address <= at and at + len(data) <= f.address + len(f.code):
+                    o = at - f.address
+                    f.code = f.code[:o] + data + f.code[o + len(data) :]
+                    break
+            else:
+                continue
+            break
+        else:
+            raise ValueError(f"patch at {at:#x} is outside every function")
+
+
+def _bpf_text(case: Case, prog_name: str, pc: int) -> str:
+    prog = case.programs[prog_name]
+    try:
+        from harness.asm import format_insn  # type: ignore[attr-defined]
+
+        return format_insn(prog.insns, pc, labels=prog.labels, maps=list(case.maps))
+    except (ImportError, TypeError, AttributeError, IndexError, KeyError, ValueError):
+        from harness import isa
+
+        i = prog.insns[pc]
+        return f"{isa.encode(i).hex()}  ({isa.OPCODES.get(i.opcode, 'unknown')})"
+
+
+def listing(system: NativeSystem, case: Case) -> str:
+    """Capstone disassembly with each BPF instruction printed before its code."""
+    try:
+        import capstone
+    except ImportError as e:  # pragma: no cover - capstone is a dependency
+        raise Unsupported("listing needs capstone") from e
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    names: dict[int, str] = dict(system.symbols)
+    for p in system.progs.values():
+        for f in p.funcs:
+            names.setdefault(f.address, f"{p.name}:{f.name}")
+        names.setdefault(p.tail_call_entry, f"{p.name} (tail-call entry)")
+    pokes: dict[int, str] = {}
+    for s in system.pokes:
+        pokes[s.bypass] = f"poke bypass {s.map}[{s.key}]"
+        pokes[s.target] = f"poke target {s.map}[{s.key}]"
+    lines: list[str] = []
+    for p in system.progs.values():
+        from harness import isa
+
+        prog = case.programs.get(p.name)
+        for fidx, f in enumerate(p.funcs):
+            tag = " (exception callback)" if p.exception_callback == fidx else ""
+            lines.append(
+                f"{p.name} func {fidx} {f.name}{tag} @ {f.address:#x} ({len(f.code)} bytes)"
+            )
+            at: dict[int, list[int]] = {}
+            if prog is not None and f.start_pc < len(prog.insns):
+                for d, a in enumerate(f.insn_addrs):
+                    pc = f.start_pc + d
+                    if d and prog.insns[pc - 1].opcode == isa.LD_IMM64 and f.insn_addrs[d - 1] == a:
+                        continue  # second slot of ld_imm64
+                    at.setdefault(a, []).append(pc)
+            for ins in md.disasm(f.code, f.address):
+                for pc in at.pop(ins.address, []):
+                    lines.append(f"  ; {pc}: {_bpf_text(case, p.name, pc)}")
+                note = ""
+                if ins.mnemonic in ("call", "jmp") and ins.op_str.startswith("0x"):
+                    tgt = int(ins.op_str, 16)
+                    if tgt in names:
+                        note = f"  ; {names[tgt]}"
+                if ins.address in pokes:
+                    note += f"  ; {pokes[ins.address]}"
+                lines.append(
+                    f"  {ins.address:016x}: {ins.bytes.hex():<24} "
+                    f"{ins.mnemonic} {ins.op_str}".rstrip()
+                    + note
+                )
+            for a in sorted(at):
+                for pc in at[a]:
+                    lines.append(f"  ; {pc}: {_bpf_text(case, p.name, pc)}")
+    return "\n".join(lines) + "\n"
