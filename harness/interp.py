@@ -180,6 +180,10 @@ class Interpreter:
     def run(self, entry: str) -> RunOutcome:
         prog = self.case.programs[entry]
         self.ticks = 0
+        for p in self.case.programs.values():
+            bad = check_structure(p)
+            if bad:
+                return RunOutcome(Status.INVALID, where=bad[0], detail=bad[1])
         top = self._new_frame(prog, 0, depth=0)
         top.regs[1] = Layout.CTX
         self.ctx = bytearray(self.case.ctx)
@@ -579,6 +583,20 @@ class Interpreter:
         frame.regs[1] = cookie
         run.frames[-1] = frame
         return None
+
+
+def check_structure(prog: Program) -> tuple[Where, str] | None:
+    """The verifier's check_subprogs: every function ends in exit or goto
+    (even one that ends in bpf_throw: the dead exit after it is still required)."""
+    starts = prog.function_starts()
+    for start, end in zip(starts, starts[1:] + [len(prog.insns)]):
+        last = prog.insns[end - 1] if end > start else None
+        if last is None or not (
+            last.opcode == isa.JMP | isa.EXIT or last.opcode & 0xF7 == isa.JMP | isa.JA
+        ):
+            return (Where(prog.name, prog.function_name(start), end - 1),
+                    "last insn is not an exit or jmp")
+    return None
 
 
 def run_case(case: Case, profile: Profile = LINUX, *, budget: int = 200_000,

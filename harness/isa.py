@@ -225,6 +225,10 @@ def validate(insns: list[Insn] | tuple[Insn, ...]) -> None:
                 raise _bad(pc, i, "ld_imm64 second slot must be zero except imm")
             if i.src > PSEUDO_MAP_IDX_VALUE or i.off:
                 raise _bad(pc, i, "ld_imm64 with an unknown pseudo source or off")
+            if i.dst == 10:
+                raise _bad(pc, i, "r10 is read-only")
+            if i.src not in (0, PSEUDO_MAP_VALUE, PSEUDO_MAP_IDX_VALUE) and nxt.imm:
+                raise _bad(pc, i, "ld_imm64 pseudo source with a non-zero high word")
             pc += 2
             continue
         if c in (ALU, ALU64):

@@ -31,7 +31,10 @@ def _slot(draw, op: int) -> list[Insn]:
     if op == isa.LD_IMM64:
         src = draw(st.integers(0, isa.PSEUDO_MAP_IDX_VALUE))
         imm = draw(st.sampled_from([0, 1, 2, 5]) | S32)
-        return [Insn(op, draw(REG), src, 0, imm), Insn(0, imm=draw(st.just(0) | S32))]
+        # the high word is an offset only for the map-value sources (kernel rule)
+        hi_ok = src in (0, isa.PSEUDO_MAP_VALUE, isa.PSEUDO_MAP_IDX_VALUE)
+        hi = draw(st.just(0) | S32) if hi_ok else 0
+        return [Insn(op, draw(WREG), src, 0, imm), Insn(0, imm=hi)]
     if c in (isa.ALU, isa.ALU64):
         dst = draw(WREG)
         if code == isa.END:

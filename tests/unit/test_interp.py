@@ -309,7 +309,7 @@ def throw(cookie_reg=1):
 
 def test_throw_without_callback_returns_cookie_through_nested_frames():
     # main: call f1; r0 = 1; exit. f1: call f2; exit. f2: r1 = 42; bpf_throw
-    prog = [call(2), mov(0, 1), EXIT, call(1), EXIT, mov(1, 42), throw()]
+    prog = [call(2), mov(0, 1), EXIT, call(1), EXIT, mov(1, 42), throw(), EXIT]
     out = ret_of(prog)
     assert out.retval == 42
     assert [e.kind for e in out.events] == ["call", "call", "throw", "exit"]
@@ -318,7 +318,7 @@ def test_throw_without_callback_returns_cookie_through_nested_frames():
 def test_throw_with_callback_returns_callbacks_value():
     # main: call f; exit.   cb (right after main): r0 = r1 * 2; exit.   f: r1 = 21; throw
     prog = [call(4), mov(0, 1), EXIT, alu(isa.MOV, 0, 1), alu(isa.MUL, 0, imm=2), EXIT,
-            mov(1, 21), throw()]
+            mov(1, 21), throw(), EXIT]
     prog[0] = call(5)
     out = ret_of(prog, labels={0: "main", 3: "cb", 6: "f"}, exception_callback="cb")
     assert out.retval == 42
