@@ -591,9 +591,8 @@ def check_structure(prog: Program) -> tuple[Where, str] | None:
     starts = prog.function_starts()
     for start, end in zip(starts, starts[1:] + [len(prog.insns)]):
         last = prog.insns[end - 1] if end > start else None
-        if last is None or not (
-            last.opcode == isa.JMP | isa.EXIT or last.opcode & 0xF7 == isa.JMP | isa.JA
-        ):
+        if last is None or last.opcode not in (isa.JMP | isa.EXIT, isa.JMP | isa.JA,
+                                               isa.JMP32 | isa.JA):
             return (Where(prog.name, prog.function_name(start), end - 1),
                     "last insn is not an exit or jmp")
     return None
