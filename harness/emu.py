@@ -402,7 +402,9 @@ class Executor:
         uc.mem_map_ptr(STACK_BASE & VA_MASK, STACK_SIZE, R | W, ctypes.addressof(self._stack_buf))
         self.raw.stack = self._stack
         for base, size, perms in (
-            (CTX_ADDR, PAGE, R),
+            # writable only for "test" programs (the conformance convention);
+            # for real program types a write hook reports it as a violation
+            (CTX_ADDR, PAGE, R | W),
             (GS_PAGE, PAGE, R),
             (SENTINEL, PAGE, R | X),
         ):
@@ -514,7 +516,8 @@ class Executor:
             need(addr, lay.array_ptrs + size, R | W, f"map {name}")
         for addr, size in native.percpu_regions:
             need(addr, size, R | W, "per-cpu area")
-        protected.append((CTX_ADDR, CTX_ADDR + max(len(case.ctx), 1), "ctx"))
+        if not any(p.type == "test" for p in case.programs.values()):
+            protected.append((CTX_ADDR, CTX_ADDR + max(len(case.ctx), 1), "ctx"))
         self._apply_mapping(want)
         funcs.sort(key=lambda fi: fi.func.address)
         self._funcs = funcs
@@ -769,6 +772,10 @@ class Executor:
         regs = {r: _ENTRY_GARBAGE | (i << 8) for i, r in enumerate(_REG_NAMES[:-1])}
         regs.update(CALLEE_SAVED_SENTINELS)
         regs["rdi"] = CTX_ADDR
+        if self._case.programs[entry].type == "test":
+            # bpf_conformance: r1 = a fresh copy of the memory, r2 = its length
+            raw.write(CTX_ADDR, bytes(self._case.ctx))
+            regs["rsi"] = len(self._case.ctx)
         regs["rsp"] = STACK_TOP - 8
         raw.set_regs(regs)
         # gs:[this_cpu_off] must read GS_SLOT: base + this_cpu_off == GS_SLOT

@@ -436,9 +436,10 @@ def test_write_into_code_is_a_memory_violation():
 
 
 def test_ctx_is_read_only():
+    # a write to ctx is not a fault (the page is writable for conformance
+    # programs) but the memory oracle reports it
     (out,) = run1(*one_insn_prog("mov qword ptr [rdi], 1"))
     assert any(v.oracle == "memory" and "ctx" in v.detail for v in out.violations)
-    assert out.status is Status.TRAPPED
 
 
 def test_infinite_loop_exhausts_the_budget():

@@ -1,0 +1,91 @@
+"""Limits and feature switches for generation, in one frozen object.
+
+Generation only ever *narrows* by this config: a switch that is off means the
+shape is never produced (an engine that cannot run ``bpf_throw`` turns
+``throws`` off and never sees one); a switch that is on means the shape is
+*allowed*, and swarm testing decides per system whether it is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+__all__ = ["Config", "FEATURES"]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # ---- limits -----------------------------------------------------------
+    #: programs per system; they share one prog array, so they have one type.
+    max_programs: int = 4
+    #: functions per program, main included (the exception callback is extra).
+    max_functions: int = 8
+    #: instructions per function, roughly: the prologue (ctx save, argument
+    #: intake, stack initialisation) and forced calls may overshoot a little.
+    max_insns_per_function: int = 40
+    #: prog array max_entries is drawn in 1..this.
+    max_prog_array_size: int = 8
+    #: call frames on the deepest static path, main included (MAX_CALL_FRAMES).
+    max_call_depth: int = 8
+    #: bytes of stack a frame may use, and a call chain in total (MAX_BPF_STACK).
+    max_stack: int = 512
+    #: caller frames of a subprogram that tail-calls must total less than this
+    #: (each rounded up to 16); the kernel rejects 256, accepts 240.
+    tail_call_caller_stack: int = 256
+    #: instructions the verifier would walk with every call inlined, per
+    #: program; keeps verification and the 34 runs of a self loop cheap.
+    max_expanded_insns: int = 3000
+    #: steps in the script (runs, slot updates and deletes).
+    max_steps: int = 9
+    #: raw_tp ctx is a u64 array of at most 12 arguments.
+    max_ctx: int = 96
+    #: program types to draw from; all programs of one system share the type.
+    prog_types: tuple[str, ...] = ("raw_tp", "sched_cls")
+
+    # ---- feature switches (all on: swarm testing picks a subset per system) --
+    #: bpf-to-bpf calls (static subprograms).
+    subprograms: bool = True
+    #: bpf_tail_call through a prog array shared by the system's programs.
+    tail_calls: bool = True
+    #: tail calls made from inside subprograms (the counter-sharing shapes).
+    tail_calls_in_subprograms: bool = True
+    #: keys computed at run time (from a map value, ctx or the run counter).
+    indirect_tail_calls: bool = True
+    #: ``r3 = (1 << 32) | k``: the index is u32 and must hit slot k.
+    big_index: bool = True
+    #: keys at or above max_entries (the tail call falls through).
+    out_of_range: bool = True
+    #: prog array slots left empty (the tail call falls through).
+    empty_slots: bool = True
+    #: helper calls (map lookup/update/delete, smp_processor_id, ...).
+    helpers: bool = True
+    #: bpf_ktime_get_ns and bpf_get_prandom_u32: the kernel's real values are
+    #: not reproducible, so native runs that use them are poisoned.
+    nondeterministic_helpers: bool = True
+    #: stack buffers handed to bpf_map_update_elem (stack becomes observable).
+    stack_buffers: bool = True
+    #: stack depths that are not multiples of 8 (u8/u16/u32 objects at odd offsets).
+    unaligned_stack: bool = True
+    #: frames above 64 bytes (private stack for raw_tp) up to the limits.
+    big_stack: bool = True
+    #: bpf_throw (sched_cls only); off for engines without exceptions.
+    throws: bool = True
+    #: an exception callback (a global function laid out right after main).
+    exception_callbacks: bool = True
+    #: scripts that update and delete prog array slots between runs.
+    pokes: bool = True
+    #: raw_tp reads of ctx fields (sched_cls programs never read ctx).
+    ctx_reads: bool = True
+    #: branches on values the verifier cannot know (map values, ctx).
+    conditionals: bool = True
+
+    def but(self, **changes) -> Config:
+        return replace(self, **changes)
+
+    def enabled(self) -> frozenset[str]:
+        """The feature switches that are on."""
+        return frozenset(f for f in FEATURES if getattr(self, f))
+
+
+#: Every feature switch, in the order swarm testing draws them (simplest off).
+FEATURES: tuple[str, ...] = tuple(f.name for f in fields(Config) if f.type in ("bool", bool))

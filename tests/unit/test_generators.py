@@ -1,0 +1,162 @@
+"""The generators: every system they build is verifier-clean (the reference
+interpreter never calls a run INVALID), deterministic per seed, within the
+static limits the kernel checks, and reaches every bug-class shape."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+
+from generators import (
+    SHAPES,
+    Config,
+    coverage,
+    generate,
+    helper_calls,
+    programs,
+    record,
+    subprograms,
+    summary,
+    systems,
+    tail_call_graphs,
+    throws,
+)
+from generators.coverage import program_facts
+from harness import isa
+from harness.interp import run_case
+from harness.outcome import Status
+from harness.system import Case
+
+FAST_SEEDS = range(200)
+COVERAGE_SEEDS = range(500)
+
+
+def _show(case: Case) -> str:
+    try:
+        from harness.casefile import render
+
+        return render(case)
+    except Exception:  # the renderer is optional debugging output
+        from harness.asm import disassemble
+
+        maps = list(case.maps)
+        return "\n".join(
+            f"program {n} {p.type}\n" + disassemble(p.insns, labels=p.labels, maps=maps)
+            for n, p in case.programs.items()
+        )
+
+
+def _round16(n: int) -> int:
+    return (n + 15) & ~15
+
+
+def check_case(case: Case) -> list:
+    """Encoding, static limits and a clean reference run; returns the outcomes."""
+    for prog in case.programs.values():
+        isa.validate(prog.insns)
+        facts = program_facts(prog)
+        starts = prog.function_starts()
+        for pc in starts:
+            assert pc in prog.labels, f"function at {pc} has no label"
+        if prog.exception_callback is not None:
+            assert prog.type == "sched_cls"
+            # laid out right after main (the 6.18 dead-subprogram oops)
+            assert prog.labels[starts[1]] == prog.exception_callback
+        reached = {"main"}
+        todo = ["main"]
+        while todo:
+            for callee in facts[todo.pop()].calls:
+                if callee not in reached:
+                    reached.add(callee)
+                    todo.append(callee)
+        subs = {f for f in facts if f not in ("main", prog.exception_callback)}
+        assert subs <= reached, f"unreachable subprograms {subs - reached}"
+        for f in facts.values():
+            assert f.stack <= 512
+            if prog.type == "raw_tp":
+                assert not f.throws, "bpf_throw in raw_tp"
+            else:
+                assert not f.ctx_read, "ctx read in sched_cls"
+
+        def walk(name: str, frames: int, above: int, facts=facts) -> None:
+            f = facts[name]
+            assert frames <= 8, "call chain deeper than 8 frames"
+            if name != "main" and f.tail_calls:
+                assert above < 256, f"{above} bytes of caller stack above a tail call"
+            total = above + _round16(f.stack)
+            assert total <= 512, f"combined stack {total}"
+            for c in set(f.calls):
+                walk(c, frames + 1, total)
+
+        walk("main", 1, 0)
+    types = {p.type for p in case.programs.values()}
+    assert len(types) == 1, "programs sharing a prog array must share a type"
+    if "raw_tp" in types:
+        assert 8 <= len(case.ctx) <= 96 and len(case.ctx) % 8 == 0
+    outcomes = run_case(case)
+    for out in outcomes:
+        assert out.status in (Status.OK, Status.BUDGET), (
+            f"{out.status.value} at {out.where}: {out.detail}\n{_show(case)}"
+        )
+    return outcomes
+
+
+@settings(max_examples=60)
+@given(systems())
+def test_hypothesis_systems_are_verifier_clean(case):
+    record(case, check_case(case))
+
+
+@pytest.mark.parametrize(
+    "strategy", [programs, subprograms, tail_call_graphs, helper_calls, throws]
+)
+def test_part_strategies(strategy):
+    @settings(max_examples=10)
+    @given(strategy())
+    def inner(value):
+        if isinstance(value, Case):
+            check_case(value)
+        else:
+            assert value and value[-1].name == "main"
+
+    inner()
+
+
+def test_fast_path_is_verifier_clean():
+    for seed in FAST_SEEDS:
+        check_case(generate(seed))
+
+
+def test_fast_path_is_deterministic():
+    for seed in range(50):
+        assert generate(seed) == generate(seed)
+    assert generate(1) != generate(2)
+
+
+def test_config_narrows_generation():
+    no_throw = Config(throws=False)
+    raw = Config(prog_types=("raw_tp",))
+    solo = Config(tail_calls=False, subprograms=False)
+    for seed in range(60):
+        for prog in generate(seed, no_throw).programs.values():
+            assert not any(
+                i.src == isa.PSEUDO_KFUNC_CALL and i.opcode == isa.JMP | isa.CALL
+                for i in prog.insns
+            )
+            assert prog.exception_callback is None
+        assert {p.type for p in generate(seed, raw).programs.values()} == {"raw_tp"}
+        case = generate(seed, solo)
+        assert len(case.programs) == 1 and "progs" not in case.maps
+        prog = case.programs["p0"]
+        assert program_facts(prog).keys() - {prog.exception_callback} == {"main"}
+
+
+def test_coverage_reaches_every_shape():
+    counts: Counter = Counter()
+    for seed in COVERAGE_SEEDS:
+        case = generate(seed)
+        counts.update(coverage(case, run_case(case)))
+    missing = [s for s in SHAPES if not counts[s]]
+    assert not missing, f"never reached: {missing}\n{summary(counts, len(COVERAGE_SEEDS))}"
