@@ -17,7 +17,7 @@ from typing import Protocol, TypeVar
 
 from hypothesis import strategies as st
 
-__all__ = ["Draw", "RandomDraw", "HypothesisDraw"]
+__all__ = ["Draw", "RandomDraw", "ChoiceDraw", "HypothesisDraw"]
 
 T = TypeVar("T")
 
@@ -41,26 +41,71 @@ class Draw(Protocol):
 
 
 class RandomDraw:
-    """Choices from ``random.Random(seed)``: the fast, deterministic path."""
+    """Choices from ``random.Random(seed)``: the fast, deterministic path.
+
+    Every answer is also recorded in ``choices`` as its distance from the
+    simplest answer, so ``ChoiceDraw(choices)`` rebuilds the same system and a
+    shrinker can simplify the list (delete runs, lower values) the way
+    Hypothesis shrinks its own choice sequences."""
 
     def __init__(self, seed: int | random.Random):
         self.rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+        self.choices: list[int] = []
 
     def integer(self, lo: int, hi: int) -> int:
-        return self.rng.randint(lo, hi)
+        v = self.rng.randint(lo, hi)
+        self.choices.append(v - lo)
+        return v
 
     def boolean(self, p: float = 0.5) -> bool:
-        return self.rng.random() < p
+        v = self.rng.random() < p
+        self.choices.append(int(v))
+        return v
 
     def choice(self, options: Sequence[T]) -> T:
-        return options[self.rng.randrange(len(options))]
+        i = self.rng.randrange(len(options))
+        self.choices.append(i)
+        return options[i]
 
     def more(self, n: int, *, min_size: int = 0, max_size: int, average: float = 2.0) -> bool:
         if n < min_size:
             return True
         if n >= max_size:
             return False
-        return self.rng.random() < average / (average + 1.0)
+        return self.boolean(average / (average + 1.0))
+
+
+class ChoiceDraw:
+    """Answers replayed from a recorded choice list (see ``RandomDraw``);
+    values are clamped into range and a list that runs out answers the
+    simplest value, so every edited list still builds a valid system."""
+
+    def __init__(self, choices: Sequence[int]):
+        self.choices = list(choices)
+        self.i = 0
+
+    def _next(self, span: int) -> int:
+        if self.i >= len(self.choices):
+            return 0
+        v = self.choices[self.i]
+        self.i += 1
+        return min(max(v, 0), span)
+
+    def integer(self, lo: int, hi: int) -> int:
+        return lo + self._next(hi - lo)
+
+    def boolean(self, p: float = 0.5) -> bool:
+        return bool(self._next(1))
+
+    def choice(self, options: Sequence[T]) -> T:
+        return options[self._next(len(options) - 1)]
+
+    def more(self, n: int, *, min_size: int = 0, max_size: int, average: float = 2.0) -> bool:
+        if n < min_size:
+            return True
+        if n >= max_size:
+            return False
+        return self.boolean()
 
 
 _COIN = st.integers(0, 255)

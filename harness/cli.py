@@ -21,7 +21,8 @@ __all__ = ["main"]
 def _engines(args) -> list[str]:
     names = args.engine or list(engines.DEFAULT_ENGINES)
     for n in names:
-        if n not in engines.ENGINES:
+        base = n.partition("@")[0].split("+")[0]
+        if base not in engines.ENGINES:
             raise JitdiffError(f"unknown engine {n!r} (known: {', '.join(engines.ENGINES)})")
     return names
 
@@ -109,6 +110,56 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_fuzz(args) -> int:
+    from harness.fuzz import Campaign, default_workers, run_campaign
+
+    names = tuple(_engines(args))
+    for n in names:
+        why = engines.available(n.partition("@")[0].split("+")[0])
+        if why:
+            raise JitdiffError(f"engine {n} is unavailable: {why}")
+    if args.time is None and args.examples is None:
+        args.time = 60.0
+    camp = Campaign(engines=names, seed=args.seed, examples=args.examples, seconds=args.time,
+                    workers=args.workers or default_workers(), profile=_profile(args),
+                    corpus=None if args.no_save else Path(args.corpus), shrink=not args.no_shrink,
+                    stop_on_first=args.stop_on_first, progress=True)
+    summary = run_campaign(camp)
+    print(summary.render())
+    return 1 if summary.findings else 0
+
+
+def cmd_replay(args) -> int:
+    from harness.runner import Runner, expectation_failures
+
+    paths = [Path(p) for p in (args.paths or [args.corpus])]
+    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*.case"))
+                   if "crashes" not in f.parts)
+    if not files:
+        raise JitdiffError(f"no case files under {', '.join(map(str, paths))}")
+    names = args.engine or [n for n in engines.ENGINES if n != "interp"]
+    usable = []
+    for n in names:
+        why = engines.available(n.partition("@")[0].split("+")[0])
+        if why:
+            print(f"skipping engine {n}: {why}")
+        else:
+            usable.append(n)
+    runner = Runner(usable, _profile(args))
+    bad = 0
+    for f in files:
+        case = casefile.load(f)
+        res = runner.check(case)
+        problems = [f"interp: {x}" for x in expectation_failures(case, res.reference.runs)]
+        problems += [str(d) for _, d in res.divergences]
+        status = "FAIL" if problems else "ok"
+        print(f"{status:4s} {f}" + "".join(f"\n     {p}" for p in problems))
+        bad += bool(problems)
+    runner.close()
+    print(f"{len(files) - bad} passed, {bad} failed")
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="jitdiff", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -135,6 +186,24 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("case")
     common(sp)
     sp.set_defaults(fn=cmd_show)
+
+    sp = sub.add_parser("fuzz", help="a fuzzing campaign against the reference")
+    sp.add_argument("--time", type=float, help="seconds (default 60 unless --examples)")
+    sp.add_argument("--examples", type=int, help="number of systems")
+    sp.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--corpus", default="corpus", help="where shrunk divergences are saved")
+    sp.add_argument("--no-save", action="store_true", help="print divergences only")
+    sp.add_argument("--no-shrink", action="store_true")
+    sp.add_argument("--stop-on-first", action="store_true")
+    common(sp)
+    sp.set_defaults(fn=cmd_fuzz)
+
+    sp = sub.add_parser("replay", help="re-run corpus cases on every available engine")
+    sp.add_argument("paths", nargs="*")
+    sp.add_argument("--corpus", default="corpus")
+    common(sp)
+    sp.set_defaults(fn=cmd_replay)
 
     args = p.parse_args(argv)
     try:

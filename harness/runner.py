@@ -51,7 +51,7 @@ class Runner:
                  **options):
         self.profile = profile
         self.reference = engines.get("interp", profile)
-        self.engines = [engines.get(n, profile, **options) for n in candidates if n != "interp"]
+        self.engines = [engines.get_spec(n, profile) for n in candidates if n != "interp"]
 
     def check(self, case: Case, *, lockstep: bool = False) -> Result:
         ref = self.reference.run(case, budget=REFERENCE_BUDGET, lockstep=lockstep)

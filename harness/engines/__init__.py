@@ -16,7 +16,7 @@ from harness.outcome import CaseOutcome
 from harness.profile import LINUX, Profile
 from harness.system import Case
 
-__all__ = ["Engine", "ENGINES", "get", "available", "DEFAULT_ENGINES"]
+__all__ = ["Engine", "ENGINES", "get", "get_spec", "available", "DEFAULT_ENGINES"]
 
 
 class Engine(ABC):
@@ -78,3 +78,31 @@ def get(name: str, profile: Profile = LINUX, **options) -> Engine:
     if why:
         raise EngineUnavailable(f"engine {name} is unavailable: {why}")
     return cls(profile, **options)
+
+
+def get_spec(spec: str, profile: Profile = LINUX) -> Engine:
+    """An engine from a command-line spec: ``NAME``, ``NAME@PROFILE`` (another
+    semantic profile, e.g. ``interp@linux-interp``) or ``NAME+FAULT[+FAULT]``
+    (the x86-64 model with named faults or a historical design). The engine's
+    ``name`` becomes the spec, so reports say exactly what ran."""
+    from harness.profile import PROFILES
+
+    name, _, prof = spec.partition("@")
+    name, *faults = name.split("+")
+    options = {}
+    if prof:
+        if prof not in PROFILES:
+            raise JitdiffError(f"unknown profile {prof!r} (known: {', '.join(PROFILES)})")
+        profile = PROFILES[prof]
+    if faults:
+        if name != "x86_64":
+            raise JitdiffError(f"faults are a feature of the x86_64 model, not {name}")
+        from harness.jit import FAULTS, Variant
+
+        unknown = [f for f in faults if f not in FAULTS]
+        if unknown:
+            raise JitdiffError(f"unknown fault {unknown[0]!r} (known: {', '.join(FAULTS)})")
+        options["variant"] = Variant(faults=frozenset(faults))
+    eng = get(name, profile, **options)
+    eng.name = spec
+    return eng

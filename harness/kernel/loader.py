@@ -30,6 +30,7 @@ from harness.kernel.bpf import Fd, MapType, ProgType, Rejected, TestRun
 from harness.kernel.btf import LINKAGE_GLOBAL, LINKAGE_STATIC, ProgramBtf, line_to_pc
 from harness.kernel.btf import func_id as _kfunc_btf_id
 from harness.kernel.btf import kernel_layout as _kernel_layout
+from harness.kernel.crashes import known_crash
 from harness.kernel.kallsyms import jmp_rel32_target, kallsyms
 from harness.system import Case, Program
 
@@ -201,23 +202,6 @@ def _load_order(case: Case) -> list[str]:
     for n in case.programs:
         visit(n)
     return order
-
-
-def _check_known_crash(prog: Program) -> None:
-    # Linux 6.18.44 oopses in jit_subprogs when the exception callback comes
-    # after a static subprogram that dead-code elimination removes (the
-    # callback's subprog index is not shifted). Whether a subprogram is dead
-    # is the verifier's call, so refuse any static subprogram before the
-    # callback; the callback right after main is always safe.
-    cb = prog.exception_callback_pc()
-    if cb is None:
-        return
-    before = [s for s in prog.function_starts() if 0 < s < cb]
-    if before:
-        raise KnownKernelBug(
-            f"{prog.name}: exception callback at pc {cb} is laid out after subprogram(s) at "
-            f"{before}; this kernel oopses if the verifier removes one as dead code"
-        )
 
 
 def _sweep(code: bytes, address: int):
@@ -532,8 +516,10 @@ def load_case(
         if prog.type not in PROG_TYPE_IDS:
             # e.g. "test" (the bpf_conformance convention): no kernel program type
             raise Unsupported(f"{prog.name}: the kernel cannot load program type {prog.type!r}")
-        if not allow_known_crashes:
-            _check_known_crash(prog)
+    # crashes.py is the one list of shapes known to oops this kernel
+    why = None if allow_known_crashes else known_crash(case)
+    if why:
+        raise KnownKernelBug(why)
     sysm = LoadedSystem(case, cpu=cpu)
     try:
         fds = []
