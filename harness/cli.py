@@ -31,7 +31,9 @@ def _profile(args):
     try:
         return PROFILES[args.profile]
     except KeyError:
-        raise JitdiffError(f"unknown profile {args.profile!r} (known: {', '.join(PROFILES)})") from None
+        raise JitdiffError(
+            f"unknown profile {args.profile!r} (known: {', '.join(PROFILES)})"
+        ) from None
 
 
 def _outcome_json(out) -> dict:
@@ -74,8 +76,10 @@ def cmd_run(args) -> int:
             for i, r in enumerate(out.runs):
                 where = f" at {r.where}" if r.where and not r.ok else ""
                 detail = f" ({r.detail})" if r.detail and not r.ok else ""
-                print(f"{path} [{out.engine}] run {i}: {r.status.value} retval={r.retval} "
-                      f"tail_calls={r.tail_calls}{where}{detail}")
+                print(
+                    f"{path} [{out.engine}] run {i}: {r.status.value} retval={r.retval} "
+                    f"tail_calls={r.tail_calls}{where}{detail}"
+                )
             for f in fails:
                 print(f"{path} [{out.engine}] FAIL {f}")
             status |= bool(fails)
@@ -83,8 +87,11 @@ def cmd_run(args) -> int:
             status = 1
             if not args.json:
                 eng = next(e for e in runner.engines if e.name == name)
-                print(report.render_divergence(case, name, d, res.reference.runs,
-                                               cand_listing=eng.listing(case)))
+                print(
+                    report.render_divergence(
+                        case, name, d, res.reference.runs, cand_listing=eng.listing(case)
+                    )
+                )
     if args.json:
         print(json.dumps(payload, indent=1))
     runner.close()
@@ -94,8 +101,9 @@ def cmd_run(args) -> int:
 def cmd_conformance(args) -> int:
     from harness.conformance import run_directory
 
-    passed, failed, skipped = run_directory(Path(args.dir), _engines(args) if args.engine
-                                            else ["interp"], verbose=args.verbose)
+    passed, failed, skipped = run_directory(
+        Path(args.dir), _engines(args) if args.engine else ["interp"], verbose=args.verbose
+    )
     print(f"{passed} passed, {failed} failed, {skipped} skipped")
     return 1 if failed else 0
 
@@ -120,10 +128,18 @@ def cmd_fuzz(args) -> int:
             raise JitdiffError(f"engine {n} is unavailable: {why}")
     if args.time is None and args.examples is None:
         args.time = 60.0
-    camp = Campaign(engines=names, seed=args.seed, examples=args.examples, seconds=args.time,
-                    workers=args.workers or default_workers(), profile=_profile(args),
-                    corpus=None if args.no_save else Path(args.corpus), shrink=not args.no_shrink,
-                    stop_on_first=args.stop_on_first, progress=True)
+    camp = Campaign(
+        engines=names,
+        seed=args.seed,
+        examples=args.examples,
+        seconds=args.time,
+        workers=args.workers or default_workers(),
+        profile=_profile(args),
+        corpus=None if args.no_save else Path(args.corpus),
+        shrink=not args.no_shrink,
+        stop_on_first=args.stop_on_first,
+        progress=True,
+    )
     summary = run_campaign(camp)
     print(summary.render())
     return 1 if summary.findings else 0
@@ -133,8 +149,12 @@ def cmd_replay(args) -> int:
     from harness.runner import Runner, expectation_failures
 
     paths = [Path(p) for p in (args.paths or [args.corpus])]
-    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*.case"))
-                   if "crashes" not in f.parts)
+    files = sorted(
+        f
+        for p in paths
+        for f in ([p] if p.is_file() else p.rglob("*.case"))
+        if "crashes" not in f.parts
+    )
     if not files:
         raise JitdiffError(f"no case files under {', '.join(map(str, paths))}")
     names = args.engine or [n for n in engines.ENGINES if n != "interp"]
@@ -165,10 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(sp):
-        sp.add_argument("--engine", action="append", help="engine (repeatable); interp is "
-                        f"always the reference; known: {', '.join(engines.ENGINES)}")
-        sp.add_argument("--profile", default="linux-6.18", help="semantic profile: "
-                        + ", ".join(PROFILES))
+        sp.add_argument(
+            "--engine",
+            action="append",
+            help="engine (repeatable); interp is "
+            f"always the reference; known: {', '.join(engines.ENGINES)}",
+        )
+        sp.add_argument(
+            "--profile", default="linux-6.18", help="semantic profile: " + ", ".join(PROFILES)
+        )
 
     sp = sub.add_parser("run", help="run case files through the engines")
     sp.add_argument("cases", nargs="+")

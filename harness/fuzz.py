@@ -74,9 +74,11 @@ class Summary:
 
     def render(self) -> str:
         rate = self.cases / self.seconds if self.seconds else 0.0
-        lines = [f"{self.cases} cases in {self.seconds:.1f}s ({rate:.0f}/s), "
-                 f"{len(self.findings)} divergences ({self.duplicates} duplicates), "
-                 f"{sum(self.poisoned.values())} poisoned"]
+        lines = [
+            f"{self.cases} cases in {self.seconds:.1f}s ({rate:.0f}/s), "
+            f"{len(self.findings)} divergences ({self.duplicates} duplicates), "
+            f"{sum(self.poisoned.values())} poisoned"
+        ]
         for why, n in self.poisoned.most_common(6):
             lines.append(f"  poisoned {n:6d}  {why}")
         if self.coverage:
@@ -85,9 +87,11 @@ class Summary:
                 lines.append(f"  {shape:40s} {n:7d}  {100.0 * n / max(self.cases, 1):5.1f}%")
         for f in self.findings:
             where = f" -> {f.path}" if f.path else ""
-            lines.append(f"DIVERGENCE {f.engine} [{f.oracle}] case #{f.index} after "
-                         f"{f.seconds:.1f}s, shrunk to {f.programs} programs / {f.insns} "
-                         f"insns{where}")
+            lines.append(
+                f"DIVERGENCE {f.engine} [{f.oracle}] case #{f.index} after "
+                f"{f.seconds:.1f}s, shrunk to {f.programs} programs / {f.insns} "
+                f"insns{where}"
+            )
         return "\n".join(lines)
 
 
@@ -162,11 +166,13 @@ def _worker(w: int, camp: Campaign, out: mp.Queue, stop) -> None:
                     listing = eng.listing(small)
                 except Exception:  # a listing is a courtesy; never lose a finding to it
                     listing = ""
-                text = report.render_divergence(small, engine, dd, sres.reference.runs,
-                                                cand_listing=listing)
+                text = report.render_divergence(
+                    small, engine, dd, sres.reference.runs, cand_listing=listing
+                )
                 insns, progs = _size(small)
-                out.put(("finding", Finding(engine, sig, dd.oracle, i, found_at, text, insns,
-                                            progs)))
+                out.put(
+                    ("finding", Finding(engine, sig, dd.oracle, i, found_at, text, insns, progs))
+                )
             if time.monotonic() - last > 0.5:
                 out.put(("progress", w, n, cov, poisoned))
                 n, cov, poisoned, last = 0, Counter(), Counter(), time.monotonic()
@@ -195,8 +201,10 @@ def run_campaign(camp: Campaign, *, stream=sys.stderr) -> Summary:
     ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
     out = ctx.Queue()
     stop = ctx.Event()
-    procs = [ctx.Process(target=_worker, args=(w, camp, out, stop), daemon=True)
-             for w in range(camp.workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(w, camp, out, stop), daemon=True)
+        for w in range(camp.workers)
+    ]
     for p in procs:
         p.start()
     done = 0
@@ -236,10 +244,12 @@ def run_campaign(camp: Campaign, *, stream=sys.stderr) -> Summary:
         if tty and now - last_draw > 0.25:
             last_draw = now
             el = now - start
-            stream.write(f"\r{summary.cases} cases  {summary.cases / max(el, 1e-9):.0f}/s  "
-                         f"{len(summary.findings)} divergences  "
-                         f"{sum(summary.poisoned.values())} poisoned  "
-                         f"{len(summary.coverage)} shapes  {el:.0f}s ")
+            stream.write(
+                f"\r{summary.cases} cases  {summary.cases / max(el, 1e-9):.0f}/s  "
+                f"{len(summary.findings)} divergences  "
+                f"{sum(summary.poisoned.values())} poisoned  "
+                f"{len(summary.coverage)} shapes  {el:.0f}s "
+            )
             stream.flush()
     stop.set()
     for p in procs:

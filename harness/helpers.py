@@ -16,8 +16,9 @@ including the real kernel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 __all__ = [
     "HELPERS",
@@ -60,6 +61,7 @@ class Machine(Protocol):
     def map_at(self, addr: int) -> MapState | None: ...
     #: the address of an array value, for lookups.
     def value_addr(self, m: MapState, key: int) -> int: ...
+
     #: the per-run counter feeding the deterministic clock and prng.
     ticks: int
 
@@ -109,7 +111,7 @@ def _update(m: Machine, a: tuple[int, ...]) -> tuple[int, bytes]:
 
 
 def _delete(m: Machine, a: tuple[int, ...]) -> tuple[int, bytes]:
-    mp = m.map_at(a[0])
+    m.map_at(a[0])
     _, raw = _key(m, a[1])
     # array map elements cannot be deleted
     return _neg(EINVAL), raw

@@ -128,8 +128,9 @@ class Interpreter:
 
     name = "interp"
 
-    def __init__(self, case: Case, profile: Profile = LINUX, *, budget: int = 200_000,
-                 lockstep: bool = False):
+    def __init__(
+        self, case: Case, profile: Profile = LINUX, *, budget: int = 200_000, lockstep: bool = False
+    ):
         self.case, self.profile, self.budget, self.lockstep = case, profile, budget, lockstep
         self.maps: list[MapState] = []
         for m in case.maps.values():
@@ -198,14 +199,21 @@ class Interpreter:
             return self._outcome(run, Status.INVALID, where=f.where(), detail=str(e))
         except Runaway:
             f = run.frames[-1]
-            return self._outcome(run, Status.BUDGET, where=f.where(),
-                                 detail=f"more than {self.budget} instructions")
+            return self._outcome(
+                run, Status.BUDGET, where=f.where(), detail=f"more than {self.budget} instructions"
+            )
         run.events.append(Event("exit", Where(prog.name, "main", 0), (retval,)))
         return self._outcome(run, Status.OK, retval=retval)
 
     def _outcome(self, run: _Run, status: Status, **kw) -> RunOutcome:
-        return RunOutcome(status, tail_calls=run.tail_calls, maps=self.map_contents(),
-                          events=run.events, steps=run.steps, **kw)
+        return RunOutcome(
+            status,
+            tail_calls=run.tail_calls,
+            maps=self.map_contents(),
+            events=run.events,
+            steps=run.steps,
+            **kw,
+        )
 
     def _new_frame(self, prog: Program, start: int, *, depth: int, call_pc=None) -> Frame:
         size = self.profile.stack_size
@@ -231,8 +239,10 @@ class Interpreter:
                 off = addr - base
                 stride = elem_stride(m.value_size)
                 if off % stride + size > m.value_size:
-                    raise Invalid(f"access {off % stride}+{size} past a {m.value_size}-byte "
-                                  f"value of map {m.name}")
+                    raise Invalid(
+                        f"access {off % stride}+{size} past a {m.value_size}-byte "
+                        f"value of map {m.name}"
+                    )
                 return m.data, off, None, "value"
         raise Invalid(f"invalid memory access at {addr:#x} size {size}")
 
@@ -428,10 +438,17 @@ class Interpreter:
         a = self._reg(f, insn.dst) & mask
         b = (self._reg(f, insn.src) if insn.opcode & isa.X else insn.imm & U64) & mask
         return {
-            isa.JEQ: a == b, isa.JNE: a != b, isa.JSET: bool(a & b),
-            isa.JGT: a > b, isa.JGE: a >= b, isa.JLT: a < b, isa.JLE: a <= b,
-            isa.JSGT: sx(a) > sx(b), isa.JSGE: sx(a) >= sx(b),
-            isa.JSLT: sx(a) < sx(b), isa.JSLE: sx(a) <= sx(b),
+            isa.JEQ: a == b,
+            isa.JNE: a != b,
+            isa.JSET: bool(a & b),
+            isa.JGT: a > b,
+            isa.JGE: a >= b,
+            isa.JLT: a < b,
+            isa.JLE: a <= b,
+            isa.JSGT: sx(a) > sx(b),
+            isa.JSGE: sx(a) >= sx(b),
+            isa.JSLT: sx(a) < sx(b),
+            isa.JSLE: sx(a) <= sx(b),
         }[op]
 
     # ---- memory instructions ---------------------------------------------
@@ -505,8 +522,9 @@ class Interpreter:
             # up to (33 + 1) times, which is exactly what the JITs must survive
             if len(run.frames) >= 8 * (self.profile.max_tail_calls + 1):
                 raise Invalid("call stack deeper than the verifier allows")
-            run.events.append(Event("call", f.where(), (f.prog.function_name(target),
-                                                        self._args(f))))
+            run.events.append(
+                Event("call", f.where(), (f.prog.function_name(target), self._args(f)))
+            )
             callee = self._new_frame(f.prog, target, depth=len(run.frames), call_pc=f.pc)
             callee.regs[1:6] = f.regs[1:6]
             run.frames.append(callee)
@@ -523,9 +541,18 @@ class Interpreter:
         args = tuple(self._reg(f, r) for r in range(1, 1 + helper.nargs))
         args += (0,) * (5 - len(args))
         r0, read = call_helper(self, insn.imm, args)
-        run.events.append(Event("helper", f.where(),
-                                (insn.imm, tuple(self.symbolize(a) for a in args[: helper.nargs]),
-                                 self.symbolize(r0), read)))
+        run.events.append(
+            Event(
+                "helper",
+                f.where(),
+                (
+                    insn.imm,
+                    tuple(self.symbolize(a) for a in args[: helper.nargs]),
+                    self.symbolize(r0),
+                    read,
+                ),
+            )
+        )
         self._clobber_args(f)
         f.regs[0] = r0
         f.pc += 1
@@ -591,13 +618,19 @@ def check_structure(prog: Program) -> tuple[Where, str] | None:
     starts = prog.function_starts()
     for start, end in zip(starts, starts[1:] + [len(prog.insns)]):
         last = prog.insns[end - 1] if end > start else None
-        if last is None or last.opcode not in (isa.JMP | isa.EXIT, isa.JMP | isa.JA,
-                                               isa.JMP32 | isa.JA):
-            return (Where(prog.name, prog.function_name(start), end - 1),
-                    "last insn is not an exit or jmp")
+        if last is None or last.opcode not in (
+            isa.JMP | isa.EXIT,
+            isa.JMP | isa.JA,
+            isa.JMP32 | isa.JA,
+        ):
+            return (
+                Where(prog.name, prog.function_name(start), end - 1),
+                "last insn is not an exit or jmp",
+            )
     return None
 
 
-def run_case(case: Case, profile: Profile = LINUX, *, budget: int = 200_000,
-             lockstep: bool = False) -> list[RunOutcome]:
+def run_case(
+    case: Case, profile: Profile = LINUX, *, budget: int = 200_000, lockstep: bool = False
+) -> list[RunOutcome]:
     return Interpreter(case, profile, budget=budget, lockstep=lockstep).run_case()

@@ -50,6 +50,7 @@ class Event:
       tail_call  (index u32, counter before, target or None)  an attempt
       throw      (cookie,)                                  bpf_throw
       exit       (retval,)                                  the entry program returned
+      step       (r0..r10)                                  lockstep only: one per BPF insn
     A register the interpreter knows to be uninitialised is ``None``; oracles
     never compare a ``None``.
     """
@@ -77,7 +78,8 @@ class Violation:
 class RunOutcome:
     status: Status
     retval: int | None = None
-    tail_calls: int = 0
+    #: tail calls taken; None where the engine cannot see them (natively)
+    tail_calls: int | None = 0
     #: final contents of every array map (all values concatenated), by name.
     maps: dict[str, bytes] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
@@ -89,6 +91,10 @@ class RunOutcome:
     #: the run consumed a value no engine can reproduce (a real clock, say);
     #: its comparison is poisoned rather than trusted.
     nondeterministic: bool = False
+    #: what this engine cannot observe, so oracles compare without it:
+    #: "events" (no trace), "retval_high32" (only a u32 comes back, as from
+    #: BPF_PROG_TEST_RUN), "helper:<id>" (that helper leaves no event)
+    unobserved: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:

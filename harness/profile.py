@@ -30,7 +30,7 @@ class Profile:
     #: are what BPF_PROG_TEST_RUN reports).
     throw_without_callback_returns_cookie: bool = True
 
-    def but(self, **changes) -> "Profile":
+    def but(self, **changes) -> Profile:
         return replace(self, **changes)
 
 

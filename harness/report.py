@@ -57,8 +57,14 @@ def excerpt(listing: str, where, context: int = 12) -> list[str]:
     return lines[max(0, hit - context) : hit + context]
 
 
-def render_divergence(case: Case, engine: str, d: Divergence, ref_runs: list[RunOutcome],
-                      ref_listing: str = "", cand_listing: str = "") -> str:
+def render_divergence(
+    case: Case,
+    engine: str,
+    d: Divergence,
+    ref_runs: list[RunOutcome],
+    ref_listing: str = "",
+    cand_listing: str = "",
+) -> str:
     head = [
         f"DIVERGENCE: {engine} vs interp, oracle {d.oracle}, run {d.run}",
         f"first difference: {d.detail or d.oracle}" + (f" at {d.where}" if d.where else ""),

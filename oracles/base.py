@@ -1,15 +1,25 @@
-"""The verdict and the oracle sequence."""
+"""What every oracle shares: the divergence record, the three-way verdict, and
+the two shapes of oracle (compare an event stream; report a candidate-only
+invariant violation)."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from harness.outcome import Event, RunOutcome, Status, Where
 
-__all__ = ["Divergence", "Verdict", "verdict", "compare", "compare_case", "first_difference",
-           "ORACLES"]
+__all__ = [
+    "Divergence",
+    "Verdict",
+    "verdict",
+    "first_difference",
+    "unobserved",
+    "event_oracle",
+    "violation_oracle",
+    "events",
+]
 
 
 @dataclass(frozen=True)
@@ -41,8 +51,20 @@ class Verdict(enum.Enum):
     POISONED = "poisoned"
 
 
-def _events(run: RunOutcome, *kinds: str) -> list[Event]:
-    return [e for e in run.events if e.kind in kinds]
+def unobserved(run: RunOutcome) -> frozenset[str]:
+    """What a candidate engine declared it cannot observe in this run:
+    ``"events"`` (no trace at all), ``"retval_high32"`` (only the low 32 bits
+    of r0 come back, as from BPF_PROG_TEST_RUN), ``"helper:<id>"`` (that
+    helper's calls leave no event). Both sides are compared without them."""
+    return getattr(run, "unobserved", frozenset())
+
+
+def events(run: RunOutcome, *kinds: str, hide: frozenset[str] = frozenset()) -> list[Event]:
+    return [
+        e
+        for e in run.events
+        if e.kind in kinds and not (e.kind == "helper" and f"helper:{e.data[0]}" in hide)
+    ]
 
 
 def _key(e: Event) -> tuple:
@@ -64,7 +86,11 @@ def _same(a, b) -> bool:
 
 def _same_event(a: Event, b: Event) -> bool:
     return (a.kind, a.where.prog, a.where.func, a.where.pc) == (
-        b.kind, b.where.prog, b.where.func, b.where.pc) and _same(a.data, b.data)
+        b.kind,
+        b.where.prog,
+        b.where.func,
+        b.where.pc,
+    ) and _same(a.data, b.data)
 
 
 def first_difference(ref: list[Event], cand: list[Event]) -> int | None:
@@ -77,36 +103,37 @@ def first_difference(ref: list[Event], cand: list[Event]) -> int | None:
     return None
 
 
-def _event_oracle(name: str, *kinds: str) -> Callable[[int, RunOutcome, RunOutcome], Divergence | None]:
+def event_oracle(
+    name: str, *kinds: str
+) -> Callable[[int, RunOutcome, RunOutcome], Divergence | None]:
     def check(i: int, ref: RunOutcome, cand: RunOutcome) -> Divergence | None:
-        a, b = _events(ref, *kinds), _events(cand, *kinds)
+        hide = unobserved(cand)
+        if "events" in hide:
+            return None
+        a, b = events(ref, *kinds, hide=hide), events(cand, *kinds, hide=hide)
         k = first_difference(a, b)
         if k is None:
             return None
         ea = a[k] if k < len(a) else None
         eb = b[k] if k < len(b) else None
         where = (ea or eb).where
-        return Divergence(name, i, ea and (ea.kind, ea.data), eb and (eb.kind, eb.data), where,
-                          f"{(ea or eb).kind} event #{k}", event=ref.events.index(ea) if ea else None)
+        return Divergence(
+            name,
+            i,
+            ea and (ea.kind, ea.data),
+            eb and (eb.kind, eb.data),
+            where,
+            f"{(ea or eb).kind} event #{k}",
+            event=ref.events.index(ea) if ea else None,
+        )
 
     check.__name__ = name
     return check
 
 
-def _retval(i: int, ref: RunOutcome, cand: RunOutcome) -> Divergence | None:
-    if ref.retval != cand.retval:
-        return Divergence("retval", i, ref.retval, cand.retval, detail="return value")
-    return None
+def violation_oracle(name: str):
+    """A candidate-only invariant: the candidate reported a ``Violation``."""
 
-
-def _tail_call_count(i: int, ref: RunOutcome, cand: RunOutcome) -> Divergence | None:
-    if ref.tail_calls != cand.tail_calls:
-        return Divergence("tail_calls", i, ref.tail_calls, cand.tail_calls,
-                          detail="tail calls taken")
-    return None
-
-
-def _violations(name: str):
     def check(i: int, ref: RunOutcome, cand: RunOutcome) -> Divergence | None:
         for v in cand.violations:
             if v.oracle == name:
@@ -115,32 +142,6 @@ def _violations(name: str):
 
     check.__name__ = name
     return check
-
-
-def _memory(i: int, ref: RunOutcome, cand: RunOutcome) -> Divergence | None:
-    v = _violations("memory")(i, ref, cand)
-    if v:
-        return v
-    for name, want in ref.maps.items():
-        got = cand.maps.get(name)
-        if got is not None and got != want:
-            return Divergence("memory", i, want.hex(), got.hex(), detail=f"map {name} contents")
-    return None
-
-
-#: cheapest first; the first that fires is reported.
-ORACLES: list[tuple[str, Callable]] = [
-    ("retval", _retval),
-    ("tail_calls", _tail_call_count),
-    ("tail_calls", _event_oracle("tail_calls", "tail_call")),
-    ("tail_calls", _violations("tail_calls")),
-    ("registers", _event_oracle("registers", "call", "ret", "helper", "throw")),
-    ("host_state", _violations("host_state")),
-    ("stack", _event_oracle("stack", "helper")),
-    ("memory", _memory),
-    ("events", _event_oracle("events", "call", "ret", "helper", "tail_call", "throw", "exit",
-                             "step")),
-]
 
 
 def verdict(ref: RunOutcome, cand: RunOutcome) -> tuple[Verdict, str]:
@@ -158,30 +159,3 @@ def verdict(ref: RunOutcome, cand: RunOutcome) -> tuple[Verdict, str]:
     if cand.status is not ref.status:
         return Verdict.DIVERGE, f"reference {ref.status.value}, candidate {cand.status.value}"
     return Verdict.AGREE, ""
-
-
-def compare(i: int, ref: RunOutcome, cand: RunOutcome,
-            oracles: list[tuple[str, Callable]] | None = None) -> tuple[Verdict, Divergence | None]:
-    v, why = verdict(ref, cand)
-    if v is Verdict.POISONED:
-        return v, None
-    if v is Verdict.DIVERGE:
-        name = "termination" if cand.status in (Status.BUDGET, Status.OK) else "trap"
-        return v, Divergence(name, i, ref.status.value, cand.status.value, cand.where,
-                             f"{why}: {cand.detail}".rstrip(": "))
-    for _, check in oracles or ORACLES:
-        d = check(i, ref, cand)
-        if d is not None:
-            return Verdict.DIVERGE, d
-    return Verdict.AGREE, None
-
-
-def compare_case(ref: list[RunOutcome], cand: list[RunOutcome],
-                 oracles=None) -> tuple[Verdict, Divergence | None]:
-    """Runs of one case in script order; a poisoned run poisons the rest (state
-    after it is not comparable)."""
-    for i, (a, b) in enumerate(zip(ref, cand)):
-        v, d = compare(i, a, b, oracles)
-        if v is not Verdict.AGREE:
-            return v, d
-    return Verdict.AGREE, None

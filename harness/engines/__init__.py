@@ -80,7 +80,7 @@ def get(name: str, profile: Profile = LINUX, **options) -> Engine:
     return cls(profile, **options)
 
 
-def get_spec(spec: str, profile: Profile = LINUX) -> Engine:
+def get_spec(spec: str, profile: Profile = LINUX, **options) -> Engine:
     """An engine from a command-line spec: ``NAME``, ``NAME@PROFILE`` (another
     semantic profile, e.g. ``interp@linux-interp``) or ``NAME+FAULT[+FAULT]``
     (the x86-64 model with named faults or a historical design). The engine's
@@ -89,7 +89,6 @@ def get_spec(spec: str, profile: Profile = LINUX) -> Engine:
 
     name, _, prof = spec.partition("@")
     name, *faults = name.split("+")
-    options = {}
     if prof:
         if prof not in PROFILES:
             raise JitdiffError(f"unknown profile {prof!r} (known: {', '.join(PROFILES)})")

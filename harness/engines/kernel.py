@@ -465,12 +465,14 @@ class KernelEngine(Engine):
         return CaseOutcome(self.name, runs)
 
     def listing(self, case: Case) -> str:
-        _, native, ecase, why = self.prepare(case)
+        _, native, _, why = self.prepare(case)
         if native is None:
             return f"(no listing: {why})"
         from harness.jit.x86_64 import listing
 
-        return listing(native, ecase)
+        # the original case: instructions the verifier removed print after
+        # the code of their function (their address is past its end)
+        return listing(native, case)
 
     def close(self) -> None:
         self.worker.close()

@@ -51,8 +51,9 @@ class X86Engine(Engine):
                     patches += poke_transition(native, site, old, new, self.variant)
             return patches
 
-        runs = self.executor.run_case(case, native, profile=self.profile, budget=budget,
-                                      repatch=repatch, lockstep=lockstep)
+        runs = self.executor.run_case(
+            case, native, profile=self.profile, budget=budget, repatch=repatch, lockstep=lockstep
+        )
         return CaseOutcome(self.name, runs)
 
     @staticmethod

@@ -30,10 +30,12 @@ def alu(op, dst, src=None, imm=0, *, w64=True, off=0):
 EXIT = I(isa.JMP | isa.EXIT)
 
 
-def ret_of(insns, *, ctx=b"", maps=None, ptype="sched_cls", profile=LINUX, labels=None,
-           **prog_kw):
-    case = Case({"p": Program("p", ptype, list(insns), labels=labels or {0: "main"}, **prog_kw)},
-                maps=maps or {}, ctx=ctx)
+def ret_of(insns, *, ctx=b"", maps=None, ptype="sched_cls", profile=LINUX, labels=None, **prog_kw):
+    case = Case(
+        {"p": Program("p", ptype, list(insns), labels=labels or {0: "main"}, **prog_kw)},
+        maps=maps or {},
+        ctx=ctx,
+    )
     out = run_case(case, profile)[0]
     assert out.status is Status.OK, (out.status, out.where, out.detail)
     return out
@@ -70,8 +72,13 @@ def r0(insns, **kw):
     ],
 )
 def test_alu_register_forms(op, a, b, w64, off, want):
-    prog = [*isa.ld_imm64(1, a), *isa.ld_imm64(2, b), alu(op, 1, 2, w64=w64, off=off),
-            alu(isa.MOV, 0, 1), EXIT]
+    prog = [
+        *isa.ld_imm64(1, a),
+        *isa.ld_imm64(2, b),
+        alu(op, 1, 2, w64=w64, off=off),
+        alu(isa.MOV, 0, 1),
+        EXIT,
+    ]
     assert r0(prog) == want
 
 
@@ -126,8 +133,15 @@ def test_byte_swaps():
     ],
 )
 def test_conditional_jumps(op, cls, a, b, taken):
-    prog = [*isa.ld_imm64(1, a), *isa.ld_imm64(2, b), mov(0, 0),
-            I(cls | op | isa.X, 1, 2, 1, 0), EXIT, mov(0, 1), EXIT]
+    prog = [
+        *isa.ld_imm64(1, a),
+        *isa.ld_imm64(2, b),
+        mov(0, 0),
+        I(cls | op | isa.X, 1, 2, 1, 0),
+        EXIT,
+        mov(0, 1),
+        EXIT,
+    ]
     assert r0(prog) == int(taken)
 
 
@@ -170,21 +184,38 @@ def test_ctx_reads_and_uninitialised_reads_are_invalid():
 )
 def test_atomics_on_the_stack(op, size, old, src, want_mem, want_src):
     ldx = I(isa.LDX | isa.MEM | size, 0, 10, -8)
-    prog = [I(isa.ST | isa.MEM | isa.DW, 10, 0, -8, 0), I(isa.ST | isa.MEM | size, 10, 0, -8, old),
-            mov(2, src), I(isa.STX | isa.ATOMIC | size, 10, 2, -8, op), ldx,
-            alu(isa.LSH, 0, imm=32), alu(isa.OR, 0, 2), EXIT]
+    prog = [
+        I(isa.ST | isa.MEM | isa.DW, 10, 0, -8, 0),
+        I(isa.ST | isa.MEM | size, 10, 0, -8, old),
+        mov(2, src),
+        I(isa.STX | isa.ATOMIC | size, 10, 2, -8, op),
+        ldx,
+        alu(isa.LSH, 0, imm=32),
+        alu(isa.OR, 0, 2),
+        EXIT,
+    ]
     assert r0(prog) == (want_mem << 32) | want_src
 
 
 def test_cmpxchg_loads_old_value_into_r0():
     base = [I(isa.ST | isa.MEM | isa.DW, 10, 0, -8, 7), mov(2, 9)]
-    hit = base + [mov(0, 7), I(isa.STX | isa.ATOMIC | isa.DW, 10, 2, -8, isa.CMPXCHG),
-                  I(isa.LDX | isa.MEM | isa.DW, 1, 10, -8), alu(isa.LSH, 1, imm=8),
-                  alu(isa.OR, 0, 1), EXIT]
+    hit = base + [
+        mov(0, 7),
+        I(isa.STX | isa.ATOMIC | isa.DW, 10, 2, -8, isa.CMPXCHG),
+        I(isa.LDX | isa.MEM | isa.DW, 1, 10, -8),
+        alu(isa.LSH, 1, imm=8),
+        alu(isa.OR, 0, 1),
+        EXIT,
+    ]
     assert r0(hit) == (9 << 8) | 7
-    miss = base + [mov(0, 1), I(isa.STX | isa.ATOMIC | isa.DW, 10, 2, -8, isa.CMPXCHG),
-                   I(isa.LDX | isa.MEM | isa.DW, 1, 10, -8), alu(isa.LSH, 1, imm=8),
-                   alu(isa.OR, 0, 1), EXIT]
+    miss = base + [
+        mov(0, 1),
+        I(isa.STX | isa.ATOMIC | isa.DW, 10, 2, -8, isa.CMPXCHG),
+        I(isa.LDX | isa.MEM | isa.DW, 1, 10, -8),
+        alu(isa.LSH, 1, imm=8),
+        alu(isa.OR, 0, 1),
+        EXIT,
+    ]
     assert r0(miss) == (7 << 8) | 7
 
 
@@ -194,8 +225,18 @@ def call(target_rel):
 
 def test_bpf_to_bpf_call_preserves_r6_to_r9_and_passes_arguments():
     # main: r6 = 6; r1 = 1; r2 = 2; call f; r0 += r6; exit   f: r0 = r1 + r2; r6 = 100; exit
-    prog = [mov(6, 6), mov(1, 1), mov(2, 2), call(2), alu(isa.ADD, 0, 6), EXIT,
-            alu(isa.MOV, 0, 1), alu(isa.ADD, 0, 2), mov(6, 100), EXIT]
+    prog = [
+        mov(6, 6),
+        mov(1, 1),
+        mov(2, 2),
+        call(2),
+        alu(isa.ADD, 0, 6),
+        EXIT,
+        alu(isa.MOV, 0, 1),
+        alu(isa.ADD, 0, 2),
+        mov(6, 100),
+        EXIT,
+    ]
     out = ret_of(prog)
     assert out.retval == 9
     kinds = [e.kind for e in out.events]
@@ -204,9 +245,15 @@ def test_bpf_to_bpf_call_preserves_r6_to_r9_and_passes_arguments():
 
 
 def test_each_frame_has_its_own_stack():
-    prog = [I(isa.ST | isa.MEM | isa.DW, 10, 0, -8, 1), call(2),
-            I(isa.LDX | isa.MEM | isa.DW, 0, 10, -8), EXIT,
-            I(isa.ST | isa.MEM | isa.DW, 10, 0, -8, 2), mov(0, 0), EXIT]
+    prog = [
+        I(isa.ST | isa.MEM | isa.DW, 10, 0, -8, 1),
+        call(2),
+        I(isa.LDX | isa.MEM | isa.DW, 0, 10, -8),
+        EXIT,
+        I(isa.ST | isa.MEM | isa.DW, 10, 0, -8, 2),
+        mov(0, 0),
+        EXIT,
+    ]
     assert r0(prog) == 1
 
 
@@ -214,21 +261,30 @@ def tail_call_prog(counter_map=1, jt=0, key_insns=None, after=7):
     """Count runs in array map #counter_map, then tail-call slot r3 of map #jt."""
     return [
         alu(isa.MOV, 6, 1),
-        I(isa.LD_IMM64, 1, isa.PSEUDO_MAP_VALUE, 0, counter_map), I(0),
-        mov(2, 1), I(isa.STX | isa.ATOMIC | isa.DW, 1, 2, 0, isa.ADD),
+        I(isa.LD_IMM64, 1, isa.PSEUDO_MAP_VALUE, 0, counter_map),
+        I(0),
+        mov(2, 1),
+        I(isa.STX | isa.ATOMIC | isa.DW, 1, 2, 0, isa.ADD),
         alu(isa.MOV, 1, 6),
-        I(isa.LD_IMM64, 2, isa.PSEUDO_MAP_FD, 0, jt), I(0),
+        I(isa.LD_IMM64, 2, isa.PSEUDO_MAP_FD, 0, jt),
+        I(0),
         *(key_insns or [mov(3, 0)]),
         I(isa.JMP | isa.CALL, 0, 0, 0, 12),
-        mov(0, after), EXIT,
+        mov(0, after),
+        EXIT,
     ]
 
 
 def system(progs, slots, *, max_entries=4, profile=LINUX, steps=()):
-    maps = {"jt": MapDef("jt", "prog_array", max_entries, 4, slots),
-            "runs": MapDef("runs", "array", 1, 8)}
-    case = Case({n: Program(n, "sched_cls", p, labels={0: "main"}) for n, p in progs.items()},
-                maps, steps=list(steps))
+    maps = {
+        "jt": MapDef("jt", "prog_array", max_entries, 4, slots),
+        "runs": MapDef("runs", "array", 1, 8),
+    }
+    case = Case(
+        {n: Program(n, "sched_cls", p, labels={0: "main"}) for n, p in progs.items()},
+        maps,
+        steps=list(steps),
+    )
     return run_case(case, profile)
 
 
@@ -241,8 +297,7 @@ def test_self_tail_call_loop_takes_33_tail_calls_34_runs():
 
 
 def test_profile_knob_limits_to_32():
-    out = system({"entry": tail_call_prog()}, {0: "entry"},
-                 profile=LINUX.but(max_tail_calls=32))[0]
+    out = system({"entry": tail_call_prog()}, {0: "entry"}, profile=LINUX.but(max_tail_calls=32))[0]
     assert out.tail_calls == 32 and int.from_bytes(out.maps["runs"], "little") == 33
 
 
@@ -263,10 +318,15 @@ def test_index_is_u32():
 def test_empty_slot_budget_knob():
     # entry: try empty slot 1, then loop on slot 0: with the kernel interpreter's
     # order the failed call costs one unit of budget, so only 32 are taken
-    prog = [alu(isa.MOV, 6, 1),
-            I(isa.LD_IMM64, 2, isa.PSEUDO_MAP_FD, 0, 0), I(0), mov(3, 1),
-            I(isa.JMP | isa.CALL, 0, 0, 0, 12),
-            alu(isa.MOV, 1, 6), *tail_call_prog()[1:]]
+    prog = [
+        alu(isa.MOV, 6, 1),
+        I(isa.LD_IMM64, 2, isa.PSEUDO_MAP_FD, 0, 0),
+        I(0),
+        mov(3, 1),
+        I(isa.JMP | isa.CALL, 0, 0, 0, 12),
+        alu(isa.MOV, 1, 6),
+        *tail_call_prog()[1:],
+    ]
     assert system({"entry": prog}, {0: "entry"})[0].tail_calls == 33
     knob = LINUX.but(empty_slot_consumes_budget=True)
     out = system({"entry": prog}, {0: "entry"}, profile=knob)[0]
@@ -277,9 +337,18 @@ def test_empty_slot_budget_knob():
 
 def test_tail_call_from_subprogram_returns_to_its_caller():
     # entry: call sub; r0 += 1000; exit.  sub: tail-call slot 0 (= target).  target: r0 = 5
-    entry = [alu(isa.MOV, 6, 1), call(2), alu(isa.ADD, 0, imm=1000), EXIT,
-             I(isa.LD_IMM64, 2, isa.PSEUDO_MAP_FD, 0, 0), I(0), mov(3, 0),
-             I(isa.JMP | isa.CALL, 0, 0, 0, 12), mov(0, 55), EXIT]
+    entry = [
+        alu(isa.MOV, 6, 1),
+        call(2),
+        alu(isa.ADD, 0, imm=1000),
+        EXIT,
+        I(isa.LD_IMM64, 2, isa.PSEUDO_MAP_FD, 0, 0),
+        I(0),
+        mov(3, 0),
+        I(isa.JMP | isa.CALL, 0, 0, 0, 12),
+        mov(0, 55),
+        EXIT,
+    ]
     target = [mov(0, 5), EXIT]
     out = system({"entry": entry, "target": target}, {0: "target"})[0]
     assert (out.retval, out.tail_calls) == (1005, 1)
@@ -288,12 +357,25 @@ def test_tail_call_from_subprogram_returns_to_its_caller():
 def test_hierarchy_shares_one_counter():
     # entry: calls sub twice; sub tail-calls entry (slot 0). Still 33 tail calls in
     # total, not 33 per subprogram call (the "tailcall hierarchy" bug).
-    entry = [alu(isa.MOV, 6, 1),
-             I(isa.LD_IMM64, 1, isa.PSEUDO_MAP_VALUE, 0, 1), I(0),
-             mov(2, 1), I(isa.STX | isa.ATOMIC | isa.DW, 1, 2, 0, isa.ADD),
-             alu(isa.MOV, 1, 6), call(4), alu(isa.MOV, 1, 6), call(2), mov(0, 0), EXIT,
-             I(isa.LD_IMM64, 2, isa.PSEUDO_MAP_FD, 0, 0), I(0), mov(3, 0),
-             I(isa.JMP | isa.CALL, 0, 0, 0, 12), mov(0, 0), EXIT]
+    entry = [
+        alu(isa.MOV, 6, 1),
+        I(isa.LD_IMM64, 1, isa.PSEUDO_MAP_VALUE, 0, 1),
+        I(0),
+        mov(2, 1),
+        I(isa.STX | isa.ATOMIC | isa.DW, 1, 2, 0, isa.ADD),
+        alu(isa.MOV, 1, 6),
+        call(4),
+        alu(isa.MOV, 1, 6),
+        call(2),
+        mov(0, 0),
+        EXIT,
+        I(isa.LD_IMM64, 2, isa.PSEUDO_MAP_FD, 0, 0),
+        I(0),
+        mov(3, 0),
+        I(isa.JMP | isa.CALL, 0, 0, 0, 12),
+        mov(0, 0),
+        EXIT,
+    ]
     out = system({"entry": entry}, {0: "entry"})[0]
     assert out.tail_calls == 33
     # runs = 1 (entry) + 33 tail-called runs + the second calls, each of which
@@ -317,8 +399,17 @@ def test_throw_without_callback_returns_cookie_through_nested_frames():
 
 def test_throw_with_callback_returns_callbacks_value():
     # main: call f; exit.   cb (right after main): r0 = r1 * 2; exit.   f: r1 = 21; throw
-    prog = [call(4), mov(0, 1), EXIT, alu(isa.MOV, 0, 1), alu(isa.MUL, 0, imm=2), EXIT,
-            mov(1, 21), throw(), EXIT]
+    prog = [
+        call(4),
+        mov(0, 1),
+        EXIT,
+        alu(isa.MOV, 0, 1),
+        alu(isa.MUL, 0, imm=2),
+        EXIT,
+        mov(1, 21),
+        throw(),
+        EXIT,
+    ]
     prog[0] = call(5)
     out = ret_of(prog, labels={0: "main", 3: "cb", 6: "f"}, exception_callback="cb")
     assert out.retval == 42

@@ -1,0 +1,135 @@
+"""Case-level reduction, after choice shrinking: delete what the bug doesn't need.
+
+Choice shrinking keeps the generator's scaffolding (counters, argument set-up,
+stack traffic); this pass removes it directly from the system: whole programs,
+script steps, map entries and single instructions, re-targeting jumps and calls
+the way the kernel's ``bpf_adj_branches`` does when it removes instructions.
+An edit is kept only while the same divergence persists; an edit that makes
+the program invalid shows up as a poisoned reference and is dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+
+from harness import isa
+from harness.isa import Insn
+from harness.system import Case, Program
+
+__all__ = ["delete_insn", "reduce_case"]
+
+
+def _targets(insns: list[Insn], pc: int, i: Insn) -> int | None:
+    if isa.is_jump(i):
+        return isa.jump_target(pc, i)
+    if i.opcode == isa.JMP | isa.CALL and i.src == isa.PSEUDO_CALL:
+        return pc + 1 + i.imm
+    if i.opcode == isa.LD_IMM64 and i.src == isa.PSEUDO_FUNC:
+        return pc + 1 + i.imm
+    return None
+
+
+def delete_insn(prog: Program, pc: int) -> Program | None:
+    """``prog`` without the instruction at ``pc`` (both slots of ld_imm64), or
+    None when that cannot be done (a function's last instruction)."""
+    insns = prog.insns
+    size = 2 if insns[pc].opcode == isa.LD_IMM64 else 1
+    starts = prog.function_starts()
+    ends = [s - 1 for s in starts[1:]] + [len(insns) - 1]
+    if pc + size - 1 in ends or (pc in starts and pc + size - 1 >= len(insns)):
+        return None
+    new: list[Insn] = []
+    q = 0
+    while q < len(insns):
+        i = insns[q]
+        if pc <= q < pc + size:
+            q += 1
+            continue
+        nq = q if q < pc else q - size
+        t = _targets(insns, q, i)
+        if t is not None:
+            nt = t if t <= pc else t - size
+            rel = nt - (nq + 1)
+            if i.opcode == isa.JMP32 | isa.JA:
+                i = Insn(i.opcode, i.dst, i.src, i.off, rel)
+            elif isa.is_jump(i):
+                if not -(1 << 15) <= rel < (1 << 15):
+                    return None
+                i = Insn(i.opcode, i.dst, i.src, rel, i.imm)
+            else:
+                i = Insn(i.opcode, i.dst, i.src, i.off, rel)
+        new.append(i)
+        q += 1
+    labels = {}
+    for lpc, name in prog.labels.items():
+        npc = lpc if lpc <= pc else lpc - size
+        labels.setdefault(npc, name)
+    return Program(prog.name, prog.type, new, labels, prog.exception_callback)
+
+
+def _referenced(case: Case) -> set[str]:
+    used = {s.program for s in case.script() if s.kind == "run"}
+    for m in case.maps.values():
+        used |= {v for v in m.init.values() if isinstance(v, str)}
+    used |= {s.value for s in case.steps if s.kind == "update" and isinstance(s.value, str)}
+    return used
+
+
+def _variants(case: Case):
+    """Candidate simplifications, biggest first."""
+    # drop a program nothing runs (and the slots that name it)
+    for name in list(case.programs):
+        if len(case.programs) == 1:
+            break
+        c = copy.deepcopy(case)
+        del c.programs[name]
+        for m in c.maps.values():
+            m.init = {k: v for k, v in m.init.items() if v != name}
+        c.steps = [s for s in c.steps if s.value != name and s.program != name]
+        if c.programs and any(s.kind == "run" for s in c.script()):
+            yield c
+    # drop a script step (keep at least one run)
+    for k in range(len(case.steps) - 1, -1, -1):
+        c = copy.deepcopy(case)
+        del c.steps[k]
+        if any(s.kind == "run" for s in c.steps):
+            yield c
+    # drop an initial map entry
+    for name, m in case.maps.items():
+        for key in list(m.init):
+            c = copy.deepcopy(case)
+            del c.maps[name].init[key]
+            yield c
+    # drop single instructions, from the end of each program
+    for name, prog in case.programs.items():
+        for pc in range(len(prog.insns) - 1, -1, -1):
+            if pc > 0 and prog.insns[pc - 1].opcode == isa.LD_IMM64:
+                continue
+            p = delete_insn(prog, pc)
+            if p is not None:
+                c = copy.copy(case)
+                c.programs = dict(case.programs)
+                c.programs[name] = p
+                yield c
+
+
+def reduce_case(
+    case: Case, fails: Callable[[Case], bool], *, seconds: float = 30.0, max_tries: int = 2000
+) -> Case:
+    """Greedy reduction to a fixpoint (or the budget); deterministic."""
+    deadline = time.monotonic() + seconds
+    tries = 0
+    changed = True
+    while changed:
+        changed = False
+        for cand in _variants(case):
+            if tries >= max_tries or time.monotonic() > deadline:
+                return case
+            tries += 1
+            if fails(cand):
+                case = cand
+                changed = True
+                break
+    return case

@@ -1,0 +1,17 @@
+"""BPF registers at calls: r1-r5 at every bpf-to-bpf and helper call, r0 and
+r6-r9 back in the caller after every call, the cookie at every throw, and r1 ==
+ctx at every tail-call target (a violation the native engine reports)."""
+
+from __future__ import annotations
+
+from harness.outcome import RunOutcome
+from oracles.base import Divergence, event_oracle, violation_oracle
+
+__all__ = ["check"]
+
+_calls = event_oracle("registers", "call", "ret", "helper", "throw")
+_ctx = violation_oracle("registers")
+
+
+def check(i: int, ref: RunOutcome, cand: RunOutcome) -> Divergence | None:
+    return _calls(i, ref, cand) or _ctx(i, ref, cand)
