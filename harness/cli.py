@@ -180,6 +180,22 @@ def cmd_replay(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_bench(args) -> int:
+    from harness.bench import bench
+
+    names = _engines(args)
+    for n in names:
+        why = engines.available(n.partition("@")[0].split("+")[0])
+        if why:
+            raise JitdiffError(f"engine {n} is unavailable: {why}")
+    print(
+        f"$ jitdiff bench {' '.join('--engine ' + n for n in names)} --cases {args.cases} "
+        f"--seed {args.seed}"
+    )
+    print(bench(names, cases=args.cases, seed=args.seed))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="jitdiff", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -229,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--corpus", default="corpus")
     common(sp)
     sp.set_defaults(fn=cmd_replay)
+
+    sp = sub.add_parser("bench", help="differential cases per second, with a breakdown")
+    sp.add_argument("--cases", type=int, default=300)
+    sp.add_argument("--seed", type=int, default=1)
+    common(sp)
+    sp.set_defaults(fn=cmd_bench)
 
     args = p.parse_args(argv)
     try:

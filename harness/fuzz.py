@@ -27,6 +27,7 @@ from generators.systems import build_system
 from harness import casefile, report
 from harness.profile import Profile
 from harness.runner import Runner
+from harness.reduce import reduce_case
 from harness.shrink import shrink_choices
 from harness.system import Case
 from oracles import Verdict
@@ -121,14 +122,15 @@ def _size(case: Case) -> tuple[int, int]:
 
 
 def _shrink(runner: Runner, engine: str, sig: str, choices: list[int], config: Config):
-    def fails(cand: list[int]) -> bool:
-        case = build_system(ChoiceDraw(cand), config)
+    """Choice shrinking (local, generator-aware), then case reduction (removes
+    the scaffolding the generator always emits)."""
+
+    def case_fails(case: Case) -> bool:
         res, _ = check_one(runner, case)
         return any(_signature(n, d) == sig for n, d in res.divergences if n == engine)
 
-    best = shrink_choices(choices, fails)
-    case = build_system(ChoiceDraw(best), config)
-    return case
+    best = shrink_choices(choices, lambda c: case_fails(build_system(ChoiceDraw(c), config)))
+    return reduce_case(build_system(ChoiceDraw(best), config), case_fails)
 
 
 def _worker(w: int, camp: Campaign, out: mp.Queue, stop) -> None:

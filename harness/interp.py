@@ -77,6 +77,12 @@ class Layout:
     FUNCS = 0x0000_4000_0000_0000  # pseudo-func addresses (opaque)
 
 
+def frame_pointer(depth: int) -> int:
+    """BPF r10 of the frame at ``depth`` (frames[i] always has depth i: a tail
+    call or a throw replaces a frame in place)."""
+    return Layout.STACK + (depth + 1) * Layout.FRAME_SPAN
+
+
 class Invalid(Exception):
     """Internal: the program did something the verifier would have rejected."""
 
@@ -99,7 +105,7 @@ class Frame:
 
     @property
     def fp(self) -> int:
-        return Layout.STACK + (self.depth + 1) * Layout.FRAME_SPAN
+        return frame_pointer(self.depth)
 
     @property
     def func(self) -> str:
@@ -226,11 +232,11 @@ class Interpreter:
 
     def _region(self, addr: int, size: int) -> tuple[bytearray, int, bytearray | None, str]:
         """(buffer, offset, init-mask or None, kind) for an in-bounds access."""
-        run = self._run
-        for f in run.frames if run else ():
-            lo = f.fp - len(f.stack)
-            if lo <= addr and addr + size <= f.fp:
-                return f.stack, addr - lo, f.init, "stack"
+        f = self._frame_at(addr)
+        if f is not None:
+            fp = frame_pointer(f.depth)
+            if addr + size <= fp:
+                return f.stack, addr - (fp - len(f.stack)), f.init, "stack"
         if Layout.CTX <= addr and addr + size <= Layout.CTX + len(self.case.ctx):
             return self.ctx, addr - Layout.CTX, None, "ctx"
         for i, m in enumerate(self.maps):
@@ -261,10 +267,23 @@ class Interpreter:
             init[off : off + len(data)] = b"\1" * len(data)
 
     def _fp_of(self, addr: int) -> int:
-        for f in self._run.frames:
-            if f.fp - len(f.stack) <= addr < f.fp:
-                return f.fp
-        return 0
+        f = self._frame_at(addr)
+        return frame_pointer(f.depth) if f else 0
+
+    def _frame_at(self, addr: int, *, inclusive: bool = False) -> Frame | None:
+        """The live frame whose stack holds ``addr`` (or whose fp is ``addr``
+        when ``inclusive``), found arithmetically: frames sit FRAME_SPAN apart."""
+        run = self._run
+        if run is None or addr < Layout.STACK:
+            return None
+        d = (addr - Layout.STACK) // Layout.FRAME_SPAN
+        if inclusive and addr == frame_pointer(d - 1):
+            d -= 1
+        if 0 <= d < len(run.frames):
+            f = run.frames[d]
+            if frame_pointer(d) - len(f.stack) <= addr:
+                return f
+        return None
 
     def map_at(self, addr: int) -> MapState | None:
         for i, m in enumerate(self.maps):
@@ -280,14 +299,12 @@ class Interpreter:
         """The engine-independent name of a pointer (see ``harness.emu``)."""
         if value is None:
             return None
-        run = self._run
-        if run:
-            cur = run.frames[-1]
-            for f in run.frames:
-                if f.fp - len(f.stack) <= value <= f.fp:
-                    if f is cur:
-                        return ("fp", value - f.fp)
-                    return ("fp", f.depth, value - f.fp)
+        f = self._frame_at(value, inclusive=True)
+        if f is not None:
+            fp = frame_pointer(f.depth)
+            if f is self._run.frames[-1]:
+                return ("fp", value - fp)
+            return ("fp", f.depth, value - fp)
         if Layout.CTX <= value <= Layout.CTX + len(self.case.ctx):
             return ("ctx", value - Layout.CTX)
         for i, m in enumerate(self.maps):

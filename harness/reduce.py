@@ -96,23 +96,72 @@ def _variants(case: Case):
         del c.steps[k]
         if any(s.kind == "run" for s in c.steps):
             yield c
+    # drop the ctx bytes, then maps no instruction refers to
+    if case.ctx:
+        c = copy.deepcopy(case)
+        c.ctx = b""
+        yield c
+    for idx, name in enumerate(case.maps):
+        c = _without_map(case, idx, name)
+        if c is not None:
+            yield c
     # drop an initial map entry
     for name, m in case.maps.items():
         for key in list(m.init):
             c = copy.deepcopy(case)
             del c.maps[name].init[key]
             yield c
-    # drop single instructions, from the end of each program
+    # drop runs of instructions, halving the run length (ddmin), from the end
     for name, prog in case.programs.items():
-        for pc in range(len(prog.insns) - 1, -1, -1):
-            if pc > 0 and prog.insns[pc - 1].opcode == isa.LD_IMM64:
-                continue
-            p = delete_insn(prog, pc)
-            if p is not None:
-                c = copy.copy(case)
-                c.programs = dict(case.programs)
-                c.programs[name] = p
-                yield c
+        n = len(prog.insns)
+        k = n // 2
+        while k >= 1:
+            for start in range(n - k, -1, -k if k > 1 else -1):
+                p = _delete_run(prog, start, k)
+                if p is not None:
+                    c = copy.copy(case)
+                    c.programs = dict(case.programs)
+                    c.programs[name] = p
+                    yield c
+            k //= 2
+
+
+def _without_map(case: Case, idx: int, name: str) -> Case | None:
+    """The case without map ``idx`` if no instruction or step uses it; later
+    maps' ld_imm64 indices shift down by one."""
+    if any(s.map == name for s in case.steps):
+        return None
+    progs = {}
+    for pname, prog in case.programs.items():
+        insns = []
+        for i in prog.insns:
+            if i.opcode == isa.LD_IMM64 and i.src in (isa.PSEUDO_MAP_FD, isa.PSEUDO_MAP_VALUE):
+                if i.imm == idx:
+                    return None
+                if i.imm > idx:
+                    i = Insn(i.opcode, i.dst, i.src, i.off, i.imm - 1)
+            insns.append(i)
+        progs[pname] = Program(
+            prog.name, prog.type, insns, dict(prog.labels), prog.exception_callback
+        )
+    c = copy.deepcopy(case)
+    c.programs = progs
+    del c.maps[name]
+    return c
+
+
+def _delete_run(prog: Program, start: int, k: int) -> Program | None:
+    """Delete the instructions starting in [start, start + k), last first."""
+    pcs = [
+        pc
+        for pc in range(start, min(start + k, len(prog.insns)))
+        if not (pc > 0 and prog.insns[pc - 1].opcode == isa.LD_IMM64)
+    ]
+    for pc in reversed(pcs):
+        prog = delete_insn(prog, pc)
+        if prog is None:
+            return None
+    return prog if pcs else None
 
 
 def reduce_case(

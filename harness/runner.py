@@ -23,7 +23,7 @@ REFERENCE_BUDGET = 200_000
 def native_budget(reference_steps: int) -> int:
     """A JIT's budget is a generous multiple of what the reference needed, so a
     JIT that runs away where the reference finished is a divergence, not a skip."""
-    return 64 * reference_steps + 100_000
+    return 32 * reference_steps + 50_000
 
 
 @dataclass

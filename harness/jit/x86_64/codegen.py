@@ -13,6 +13,35 @@ Host configuration modelled (the project's 6.18 AMD host): no IBT/CFI (so
 <return thunk>``), no call-depth tracking, BMI2 (register shifts use
 ``shlx/shrx/sarx`` unless the count is already in rcx; ``Variant.bmi2``), SMP
 (per-cpu addresses through ``gs:[this_cpu_off]``), no arena.
+
+Two tail-call designs (``JitOptions.design``):
+
+* ``linux-6.18`` (default): the counter lives in the entry program's frame and
+  every frame holds a *pointer* to it at ``[rbp - rs - 16]`` (rs =
+  ``round_up(stack_depth, 8)``), reloaded into rax before each bpf2bpf call;
+  ``X86_TAIL_CALL_OFFSET`` = 12.
+* ``linux-5.10``: the 2020 design of seeds 000/001 (``emit_prologue`` with
+  ``tail_call_reachable``/``is_subprog``, v5.10 to v6.9). The count travels
+  *by value* in rax: the prologue is ``nop5; xor eax, eax`` (or ``nop2`` in
+  subprogs and programs without tail calls) ``; push rbp; mov rbp, rsp``
+  (``X86_TAIL_CALL_OFFSET`` = 11), then ``sub rsp, rs`` and one ``push rax``.
+  The count is the dword at ``[rbp - rs - 4]`` (the upper half of the pushed
+  rax; the tail-call path's ``pop rax`` hands it on in rax's upper half), the
+  checks are ``cmp eax, MAX_TAIL_CALL_CNT(32); ja out`` and the increment
+  comes *before* the empty-slot check (a failed call to an empty slot costs
+  budget). Before every call (helpers too) the caller loads ``mov rax,
+  [rbp - stack_depth - 8]`` with the verifier's *unrounded* depth (rounded
+  only by the 2022 fix "bpf, x86: Fix tail call count offset calculation on
+  bpf2bpf call"), so a subprog works on a copy: tail calls counted inside it
+  are lost on return (the "tailcall hierarchy" bug, fixed in 2024 by the
+  pointer scheme). Host configuration is kept as above: the indirect jump is
+  ``jmp __x86_indirect_thunk_rcx`` and returns go through the return thunk
+  (5.10 inlined ``RETPOLINE_RCX_BPF_JIT`` and ``ret``; its hard-coded
+  ``off1/off2/off3`` jump offsets land on the same ``out`` label as the
+  label arithmetic used here).
+
+Faults (``JitOptions.faults``, described in ``FAULTS``) change single emission
+points and are checked where the kernel emits the affected bytes.
 """
 
 from __future__ import annotations
@@ -50,10 +79,27 @@ from .encoder import (
 )
 from .fixups import BPF_TAIL_CALL, XFunc, round_up
 
-__all__ = ["FuncJit", "JitOptions", "PokeRecord", "X86_TAIL_CALL_OFFSET", "JitError"]
+__all__ = [
+    "FuncJit",
+    "JitOptions",
+    "PokeRecord",
+    "X86_TAIL_CALL_OFFSET",
+    "TAIL_CALL_OFFSETS",
+    "ENTRY_SHORTFALL",
+    "LINUX_6_18",
+    "LINUX_5_10",
+    "JitError",
+]
 
 #: 12 + ENDBR_INSN_SIZE, and the host has no IBT.
 X86_TAIL_CALL_OFFSET = 12
+LINUX_6_18 = "linux-6.18"
+LINUX_5_10 = "linux-5.10"
+#: bytes of prologue a tail call skips, per design (5.10: nop5, xor eax,eax,
+#: push rbp, mov rbp,rsp = 5 + 2 + 1 + 3)
+TAIL_CALL_OFFSETS = {LINUX_6_18: X86_TAIL_CALL_OFFSET, LINUX_5_10: 11}
+#: fault "tail-entry-offset": tail calls jump this many bytes short of the entry
+ENTRY_SHORTFALL = 4
 MAX_PASSES = 20
 PADDING_PASSES = MAX_PASSES - 5
 ALL_CALLEE_REGS = (True, True, True, True)
@@ -68,9 +114,26 @@ class JitOptions:
     max_tail_calls: int = 33
     bmi2: bool = True
     faults: frozenset[str] = frozenset()
+    #: tail-call design (module doc)
+    design: str = LINUX_6_18
 
     def has(self, fault: str) -> bool:
         return fault in self.faults
+
+    @property
+    def by_value(self) -> bool:
+        """The 2020 design: the count travels by value in rax."""
+        return self.design == LINUX_5_10
+
+    @property
+    def tail_call_offset(self) -> int:
+        return TAIL_CALL_OFFSETS[self.design]
+
+    @property
+    def tail_jump_offset(self) -> int:
+        """What the tail-call path adds to ``bpf_func`` (the entry, unless faulty)."""
+        short = ENTRY_SHORTFALL if self.has("tail-entry-offset") else 0
+        return self.tail_call_offset - short
 
 
 @dataclass
@@ -202,7 +265,14 @@ class FuncJit:
     def _emit_prologue(self, e: Emitter, stack_depth: int) -> None:
         tcr = self.f.tail_call_reachable
         e.nops(X86_PATCH_SIZE)
-        if tcr and not self.is_subprog:
+        # fault "tcc-reset-in-subprog": subprogs start a counter of their own
+        fresh = not self.is_subprog or self.opts.has("tcc-reset-in-subprog")
+        if self.opts.by_value:
+            if tcr and not self.is_subprog:
+                e.emit2(0x31, 0xC0)  # xor eax, eax
+            else:
+                e.emit2(0x66, 0x90)  # nop2
+        elif tcr and fresh:
             e.emit3(0x48, 0x31, 0xC0)  # xor rax, rax
         else:
             e.nops(3)
@@ -218,11 +288,13 @@ class FuncJit:
         # X86_TAIL_CALL_OFFSET is here
         if stack_depth:
             e.emit3_off32(0x48, 0x81, 0xEC, round_up(stack_depth, 8))
-        if tcr:
+        if tcr and self.opts.by_value:
+            e.emit1(0x50)  # push rax: the count, by value
+        elif tcr:
             self._emit_prologue_tail_call(e)
 
     def _emit_prologue_tail_call(self, e: Emitter) -> None:
-        if not self.is_subprog:
+        if not self.is_subprog or self.opts.has("tcc-reset-in-subprog"):
             e.emit4(0x48, 0x83, 0xF8, self.opts.max_tail_calls)  # cmp rax, MAX
             e.emit2(X86_JA, 6)  # ja 6
             e.emit1(0x50)  # push rax (the count)
@@ -248,58 +320,105 @@ class FuncJit:
             raise JitError(f"Target call {func:#x} is out of range")
         e.emit1_off32(opcode, offset)
 
+    @property
+    def _boundary_r12(self) -> bool:
+        # fault "boundary-missing-r12": the boundary neither pushes nor pops r12
+        return self.exception_boundary and not self.opts.has("boundary-missing-r12")
+
     def _pop_for_tail_call(self, e: Emitter, used) -> None:
         drop = self.opts.has("missing-pop")
         if self.exception_boundary:
             _pop_callee_regs(e, ALL_CALLEE_REGS, drop_one=drop)
-            _pop_r12(e)
+            if self._boundary_r12:
+                _pop_r12(e)
         else:
             _pop_callee_regs(e, used, drop_one=drop)
 
-    def _tail_call_indirect(self, e: Emitter, used, stack_depth: int, ip: int, final: bool) -> None:
-        tcc_ptr_off = -16 - round_up(stack_depth, 8)
+    def _leave_frame_for_tail_call(self, e: Emitter, used, stack_depth: int) -> None:
+        """Callee-saved pops, the counter slot(s), the BPF stack: the frame is gone."""
+        self._pop_for_tail_call(e, used)
+        e.emit1(0x58)  # pop rax (6.18: tail_call_cnt_ptr; 5.10: the count)
+        if not self.opts.by_value:
+            e.emit1(0x58)  # pop rax (count, or the caller's pointer in a subprog)
+        # fault "tail-call-frame-mismatch": the BPF stack is left allocated
+        if stack_depth and not self.opts.has("tail-call-frame-mismatch"):
+            e.emit3_off32(0x48, 0x81, 0xC4, round_up(stack_depth, 8))  # add rsp, sd
+
+    def _emit_counter_check(self, e: Emitter, stack_depth: int, out: Callable[[], int]) -> None:
+        """``if (tail_call_cnt >= MAX) goto out``; 5.10 also counts here."""
+        opts = self.opts
+        if opts.by_value:
+            # 5.10: tcc_off = -4 - round_up(stack_depth, 8), a dword
+            tcc_off = -4 - round_up(stack_depth, 8)
+            e.emit2_off32(0x8B, 0x85, tcc_off)  # mov eax, dword ptr [rbp - tcc_off]
+            e.emit3(0x83, 0xF8, opts.max_tail_calls - 1)  # cmp eax, MAX_TAIL_CALL_CNT (32)
+            e.emit2(X86_JA, out())  # ja out
+            e.emit3(0x83, 0xC0, 0x01)  # add eax, 1
+            e.emit2_off32(0x89, 0x85, tcc_off)  # mov dword ptr [rbp - tcc_off], eax
+            return
+        e.emit3_off32(0x48, 0x8B, 0x85, -16 - round_up(stack_depth, 8))  # mov rax, [rbp - ptr]
+        # fault "tcc-limit-32": MAX - 1 with jae, 32 tail calls
+        limit = opts.max_tail_calls - (1 if opts.has("tcc-limit-32") else 0)
+        e.emit4(0x48, 0x83, 0x38, limit)  # cmp qword ptr [rax], MAX
+        jcc = X86_JA if opts.has("tcc-limit-off-by-one") else X86_JAE
+        e.emit2(jcc, out())  # jae out
+        if opts.has("tcc-inc-before-null-check"):
+            e.emit4(0x48, 0x83, 0x00, 0x01)  # add qword ptr [rax], 1
+
+    def _emit_counter_increment(self, e: Emitter) -> None:
+        """6.18: the increment, once the target is known to exist."""
+        if not self.opts.by_value and not self.opts.has("tcc-inc-before-null-check"):
+            e.emit4(0x48, 0x83, 0x00, 0x01)  # add qword ptr [rax], 1
+
+    def _tail_call_indirect(
+        self, e: Emitter, used, stack_depth: int, ip: int, final: bool, proglen: int
+    ) -> None:
         ctx = self.ctx
-        e.emit2(0x89, 0xD2)  # mov edx, edx
-        e.emit3(0x39, 0x56, self.array_max_entries)  # cmp dword ptr [rsi + 0x4c], edx
-        e.emit2(X86_JBE, ctx.tail_call_indirect_label - (len(e) + 2))  # jbe out
-        e.emit3_off32(0x48, 0x8B, 0x85, tcc_ptr_off)  # mov rax, [rbp - tcc_ptr_off]
-        e.emit4(0x48, 0x83, 0x38, self.opts.max_tail_calls)  # cmp qword ptr [rax], MAX
-        jcc = X86_JA if self.opts.has("tcc-limit-off-by-one") else X86_JAE
-        e.emit2(jcc, ctx.tail_call_indirect_label - (len(e) + 2))  # jae out
+        opts = self.opts
+        # fault "stale-out-label": the out label is kept as a function offset,
+        # so each sequence jumps to the out of the previous indirect tail call
+        # emitted (this pass, or the last one of the previous pass)
+        base = proglen if opts.has("stale-out-label") else 0
+
+        def out() -> int:  # displacement of a 2-byte jcc emitted next
+            return ctx.tail_call_indirect_label - (base + len(e) + 2)
+
+        if opts.has("tail-call-clobbers-ctx"):
+            e.emit3(0x48, 0x89, 0xC7)  # mov rdi, rax: R1 := R0
+        if opts.has("index-64bit"):
+            # no mov edx, edx; the bound check compares all 64 bits of rdx
+            e.emit4(0x48, 0x39, 0x56, self.array_max_entries)  # cmp qword ptr [rsi+0x4c], rdx
+        else:
+            e.emit2(0x89, 0xD2)  # mov edx, edx
+            e.emit3(0x39, 0x56, self.array_max_entries)  # cmp dword ptr [rsi + 0x4c], edx
+        e.emit2(X86_JBE, out())  # jbe out
+        self._emit_counter_check(e, stack_depth, out)
         e.emit4_off32(0x48, 0x8B, 0x8C, 0xD6, self.array_ptrs)  # mov rcx, [rsi+rdx*8+ptrs]
         e.emit3(0x48, 0x85, 0xC9)  # test rcx, rcx
-        e.emit2(X86_JE, ctx.tail_call_indirect_label - (len(e) + 2))  # je out
-        e.emit4(0x48, 0x83, 0x00, 0x01)  # add qword ptr [rax], 1
-        self._pop_for_tail_call(e, used)
-        e.emit1(0x58)  # pop rax (tail_call_cnt_ptr)
-        e.emit1(0x58)  # pop rax (count, or the caller's pointer in a subprog)
-        if stack_depth:
-            e.emit3_off32(0x48, 0x81, 0xC4, round_up(stack_depth, 8))  # add rsp, sd
+        e.emit2(X86_JE, out())  # je out
+        self._emit_counter_increment(e)
+        self._leave_frame_for_tail_call(e, used, stack_depth)
         e.emit4(0x48, 0x8B, 0x49, self.prog_bpf_func)  # mov rcx, [rcx + bpf_func]
-        e.emit4(0x48, 0x83, 0xC1, X86_TAIL_CALL_OFFSET)  # add rcx, 12
+        e.emit4(0x48, 0x83, 0xC1, opts.tail_jump_offset)  # add rcx, X86_TAIL_CALL_OFFSET
         # emit_indirect_jump(): retpoline thunk
         self._emit_patch(e, self.resolve("thunk:rcx"), ip + len(e), 0xE9, final)
-        ctx.tail_call_indirect_label = len(e)
+        ctx.tail_call_indirect_label = base + len(e)
 
     def _tail_call_direct(
         self, e: Emitter, poke: int, used, stack_depth: int, ip: int, final: bool
     ) -> None:
-        tcc_ptr_off = -16 - round_up(stack_depth, 8)
         ctx = self.ctx
-        e.emit3_off32(0x48, 0x8B, 0x85, tcc_ptr_off)  # mov rax, [rbp - tcc_ptr_off]
-        e.emit4(0x48, 0x83, 0x38, self.opts.max_tail_calls)  # cmp qword ptr [rax], MAX
-        jcc = X86_JA if self.opts.has("tcc-limit-off-by-one") else X86_JAE
-        e.emit2(jcc, ctx.tail_call_direct_label - (len(e) + 2))  # jae out
+        if self.opts.has("tail-call-clobbers-ctx"):
+            e.emit3(0x48, 0x89, 0xC7)  # mov rdi, rax: R1 := R0
+        self._emit_counter_check(
+            e, stack_depth, lambda: ctx.tail_call_direct_label - (len(e) + 2)
+        )  # jae out
         bypass = len(e)
         target = ctx.tail_call_direct_label - X86_PATCH_SIZE
         out = target + X86_PATCH_SIZE
         self._emit_patch(e, ip + out, ip + bypass, 0xE9, final)  # jmp out (bypass site)
-        e.emit4(0x48, 0x83, 0x00, 0x01)  # add qword ptr [rax], 1
-        self._pop_for_tail_call(e, used)
-        e.emit1(0x58)
-        e.emit1(0x58)
-        if stack_depth:
-            e.emit3_off32(0x48, 0x81, 0xC4, round_up(stack_depth, 8))
+        self._emit_counter_increment(e)
+        self._leave_frame_for_tail_call(e, used, stack_depth)
         e.nops(X86_PATCH_SIZE)  # target site
         ctx.tail_call_direct_label = len(e)
         self._cur_poke = PokeRecord(poke, bypass, target, out)
@@ -322,7 +441,8 @@ class FuncJit:
         e = Emitter()
         self._emit_prologue(e, stack_depth)
         if self.exception_boundary:
-            _push_r12(e)
+            if self._boundary_r12:
+                _push_r12(e)
             _push_callee_regs(e, ALL_CALLEE_REGS)
         else:
             _push_callee_regs(e, used)
@@ -451,9 +571,18 @@ class FuncJit:
                     raise JitError("call without a resolved target")
                 func = self.resolve(x.call)
                 pseudo = insn.src == isa.PSEUDO_CALL
-                if pseudo and f.tail_call_reachable:
-                    # LOAD_TAIL_CALL_CNT_PTR(stack_depth)
-                    e.emit3_off32(0x48, 0x8B, 0x85, -16 - round_up(stack_depth, 8))
+                if opts.by_value:
+                    if f.tail_call_reachable:
+                        # 5.10, before every call: mov rax, qword ptr
+                        # [rbp - (aux->stack_depth + 8)], the depth unrounded
+                        e.emit3_off32(0x48, 0x8B, 0x85, -(f.raw_stack_depth + 8))
+                elif pseudo and f.tail_call_reachable and not opts.has("tcc-ptr-not-reloaded"):
+                    # LOAD_TAIL_CALL_CNT_PTR(stack_depth); fault
+                    # "tcc-slot-unrounded" addresses it with the raw depth
+                    depth = round_up(stack_depth, 8)
+                    if opts.has("tcc-slot-unrounded"):
+                        depth = f.raw_stack_depth
+                    e.emit3_off32(0x48, 0x8B, 0x85, -16 - depth)
                     if opts.has("tcc-by-value"):
                         e.emit3(0x48, 0x8B, 0x00)  # mov rax, [rax]: pass the value
                 save_r9 = priv is not None and (pseudo or not opts.has("r9-not-saved"))
@@ -476,7 +605,7 @@ class FuncJit:
                         )
                     )
                 else:
-                    self._tail_call_indirect(e, used, stack_depth, ip, final)
+                    self._tail_call_indirect(e, used, stack_depth, ip, final, proglen)
             elif c in (isa.JMP, isa.JMP32) and op not in (isa.JA, isa.CALL, isa.EXIT):
                 jmp_cond = self._emit_cmp(e, insn, dst, src, c == isa.JMP)
                 off = addrs[i + insn.off] - addrs[i]
@@ -510,7 +639,8 @@ class FuncJit:
                     ctx.cleanup_addr = proglen
                     if self.exception_boundary:
                         _pop_callee_regs(e, ALL_CALLEE_REGS)
-                        _pop_r12(e)
+                        if self._boundary_r12:
+                            _pop_r12(e)
                     else:
                         _pop_callee_regs(e, used)
                     e.emit1(0xC9)  # leave

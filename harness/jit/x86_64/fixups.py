@@ -108,6 +108,9 @@ class XFunc:
     #: number of case slots the function covers
     orig_len: int
     stack_depth: int = 0
+    #: the deepest r10-relative byte before rounding: what 5.10's verifier
+    #: recorded as ``aux->stack_depth`` (6.18 rounds it up to 8)
+    raw_stack_depth: int = 0
     tail_call_reachable: bool = False
     has_tail_call: bool = False
     exception_cb: bool = False
@@ -159,6 +162,11 @@ def _is_uncond(i: Insn) -> bool:
 
 def stack_depth_of(insns: list[Insn], lo: int, hi: int) -> int:
     """The verifier's stack depth of the function at [lo, hi) (see module doc)."""
+    return round_up(_deepest(insns, lo, hi), 8)
+
+
+def _deepest(insns: list[Insn], lo: int, hi: int) -> int:
+    """The deepest r10-relative byte the function at [lo, hi) touches, unrounded."""
     targets = _jump_targets(insns, lo, hi)
     deepest = 0
     known: dict[int, int] = {10: 0}  # reg -> offset from r10
@@ -190,7 +198,7 @@ def stack_depth_of(insns: list[Insn], lo: int, hi: int) -> int:
                 if r != 10:
                     known.pop(r, None)
         pc += 2 if i.opcode == isa.LD_IMM64 else 1
-    return round_up(max(deepest, 0), 8)
+    return max(deepest, 0)
 
 
 def _const_key(
@@ -413,6 +421,7 @@ def translate(case: Case, prog: Program, *, private_stack_min: int = 64) -> XPro
                 orig_index=orig_index,
                 orig_len=hi - lo,
                 stack_depth=stack_depth_of(insns, lo, hi),
+                raw_stack_depth=_deepest(insns, lo, hi),
                 has_tail_call=has_tc,
                 callees=callees,
             )
