@@ -166,7 +166,7 @@ class AddressSpace:
     frame_size: int = 512
 
 
-#: every region symbolize names (stacks, ctx, maps, per-cpu) is kernel-like,
+#: every region the executor maps (stacks, ctx, maps, per-cpu) is kernel-like,
 #: at or above this address, in both the model's and the kernel's layout
 _LOWEST_POINTER = 0xFFFF_8000_0000_0000
 
@@ -187,8 +187,8 @@ def symbolize(value: int | None, space: AddressSpace, fps: Sequence[int | None])
     * inside a map's value area (end inclusive): ``("value", name, off)``;
     * anything else: the plain int (``None`` stays ``None``).
     """
-    if value is None or value < _LOWEST_POINTER:
-        return value  # small scalars, the common case: no region is down there
+    if value is None:
+        return None
     last = len(fps) - 1
     size = space.frame_size
     for depth in range(last, -1, -1):
@@ -997,6 +997,8 @@ class Executor:
         return [f.fp for f in run.frames]
 
     def _sym(self, run: _Run, value: int):
+        if value < _LOWEST_POINTER:
+            return value  # small scalars, the common case: no region is down there
         return symbolize(value, self.space, self._fps(run))
 
     def _refresh_fp(self, run: _Run, regs: list[int], address: int | None = None) -> None:

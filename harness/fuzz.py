@@ -26,8 +26,8 @@ from generators.draw import ChoiceDraw, RandomDraw
 from generators.systems import build_system
 from harness import casefile, report
 from harness.profile import Profile
-from harness.runner import Runner
 from harness.reduce import reduce_case
+from harness.runner import Runner
 from harness.shrink import shrink_choices
 from harness.system import Case
 from oracles import Verdict

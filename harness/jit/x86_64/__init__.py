@@ -1,5 +1,10 @@
 """A model of the Linux 6.18 x86-64 BPF JIT, byte for byte.
 
+``Variant`` selects what is emitted: the tail-call design (``DESIGNS``: the
+6.18 counter-pointer scheme, or the 2020 by-value scheme of ``linux-5.10``,
+see ``codegen``) and injected bugs (``FAULTS``, one or more per bug class of
+``bug-classes.md``; each changes bytes only in programs that use its feature).
+
 ``compile_system`` runs a model of the verifier's rewrites (``fixups``), then a
 port of ``bpf_int_jit_compile``/``do_jit`` (``codegen``) for every function of
 every program, places the images kernel-like and applies the initial state of
@@ -26,20 +31,32 @@ Address space of a compiled system (all distinct, nothing overlaps):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from harness.errors import CaseError, Unsupported
 from harness.image import KERNEL_LAYOUT, NativeFunc, NativeProg, NativeSystem, PokeSite
 from harness.profile import LINUX, Profile
 from harness.system import Case
 
-from .codegen import X86_TAIL_CALL_OFFSET, FuncJit, JitError, JitOptions
+from .codegen import (
+    ENTRY_SHORTFALL,
+    LINUX_5_10,
+    LINUX_6_18,
+    TAIL_CALL_OFFSETS,
+    X86_TAIL_CALL_OFFSET,
+    FuncJit,
+    JitError,
+    JitOptions,
+)
 from .encoder import NOP5
 from .fixups import XProg, round_up, translate
 
 __all__ = [
     "Variant",
     "FAULTS",
+    "FAULT_SYMPTOMS",
+    "DESIGNS",
     "compile_system",
     "poke_transition",
     "apply_patches",
@@ -66,39 +83,164 @@ PERCPU_BASE = 0xFFFF888120000000
 PAGE = 0x1000
 PRIV_STACK_GUARD_SZ = 8
 
-#: Injectable bugs, each a real bug class of bug-classes.md.
-FAULTS: dict[str, str] = {
-    "tcc-limit-off-by-one": "tail-call counter compare uses ja instead of jae (34 tail calls)",
-    "missing-pop": "the tail-call path omits the first callee-saved pop",
-    "tcc-by-value": "2020 design: subprogs get the counter value, not a pointer; "
-    "tail calls counted inside a subprog are lost on return",
-    "r9-not-saved": "private stack: r9 not pushed/popped around helper and kfunc calls",
-    "stale-poke": "poke_transition leaves the target site unpatched on jmp->jmp",
+#: Tail-call designs ``Variant.design`` can select (codegen module doc).
+DESIGNS: dict[str, str] = {
+    LINUX_6_18: "counter in the entry frame, a pointer to it in every frame (6.10+); "
+    "tail calls enter at +12",
+    LINUX_5_10: "2020 design (v5.10-v6.9): count by value in rax, pushed below the BPF "
+    "stack; subprogs get a copy (tailcall hierarchy bug); tail calls enter at +11",
 }
+
+#: Injectable bugs: "bug class: what the emitted code does wrong (kernel history)".
+FAULTS: dict[str, str] = {
+    "tcc-limit-off-by-one": "limit arithmetic: the counter check is ja instead of jae, "
+    "34 tail calls (the >/>= slip every JIT re-derived)",
+    "tcc-limit-32": "limit arithmetic: counter compared against 32 with jae, 32 tail calls "
+    "(the pre-2022 32/33 split, ebf7f6f0a6cd)",
+    "tcc-inc-before-null-check": "empty slot budget: the counter is bumped before the "
+    "empty-slot check (indirect) / before the bypass site (direct); a failed call costs "
+    "budget (what 5.10 and the interpreter do)",
+    "index-64bit": "u32 index: no mov edx, edx and the bound check is cmp qword "
+    "[rsi+0x4c], rdx; ptrs[] indexed by all of rdx",
+    "tcc-by-value": "counter by value: subprogs get *tcc_ptr (mov rax, [rax]) and point "
+    "at a private copy; tail calls counted inside a subprog are lost on return "
+    "(the tailcall hierarchy bug, 2020-2024)",
+    "tcc-reset-in-subprog": "counter reset on another entry path: subprog prologues "
+    "run the entry program's xor rax, rax + counter setup instead of using rax",
+    "tcc-slot-unrounded": "wrong counter slot: the reload before a bpf2bpf call reads "
+    "[rbp - stack_depth - 16] with the unrounded depth (5.10-6.0's "
+    "-(stack_depth + 8), fixed in 2022)",
+    "tail-entry-offset": "hard-coded tail-call entry offset: tail calls enter 4 bytes "
+    "early, at push rbp (an ENDBR-sized mismatch of X86_TAIL_CALL_OFFSET)",
+    "tail-call-frame-mismatch": "prologue skipped, epilogue run: the tail-call path "
+    "omits add rsp, rs; the target builds its frame below the caller's stale stack",
+    "missing-pop": "prologue skipped, epilogue run: the tail-call path omits the first "
+    "callee-saved pop",
+    "tail-call-clobbers-ctx": "register clobbered on the tail-call path: mov rdi, rax "
+    "(R1 := R0) at the start of every tail-call sequence",
+    "tcc-ptr-not-reloaded": "register clobbered: no mov rax, [rbp - rs - 16] before "
+    "bpf2bpf calls; the subprog takes whatever R0 holds as the counter pointer "
+    "(riscv a6 / x86 rax history)",
+    "r9-not-saved": "private stack frame pointer: r9 not pushed/popped around helper "
+    "and kfunc calls",
+    "priv-stack-shared": "stack accounting: every function of a program gets the first "
+    "function's private stack area, so caller and callee frames overlap",
+    "stale-out-label": "out label offsets: the indirect out label is kept as a function "
+    "offset; a failed call jumps to the previous sequence's out (forward for the first, "
+    "backwards for the others)",
+    "boundary-missing-r12": "exceptions: the boundary neither pushes nor pops r12 but "
+    "the exception callback still pops five registers",
+    "stale-poke": "direct tail-call poking: jmp->jmp leaves the target site unpatched",
+    "poke-bypass-not-restored": "direct tail-call poking: on delete the target becomes "
+    "nop5 but the bypass stays nop5; the failed call counts, pops the frame and falls "
+    "through",
+}
+
+#: Which oracle should fire first for each fault, and on what.
+FAULT_SYMPTOMS: dict[str, str] = {
+    "tcc-limit-off-by-one": "tail_calls (NTC 34, not 33); retval of a counting chain",
+    "tcc-limit-32": "tail_calls (NTC 32, not 33); retval of a counting chain",
+    "tcc-inc-before-null-check": "tail_calls (an empty-slot call costs one; a full "
+    "chain after it is cut short)",
+    "index-64bit": "retval / control flow: index (1 << 32) | k fails instead of "
+    "reaching slot k",
+    "tcc-by-value": "tail_calls / termination: a subprog tail-calling its caller "
+    "multiplies the chain (~N^33)",
+    "tcc-reset-in-subprog": "tail_calls / termination: each subprog entry restarts "
+    "at 0",
+    "tcc-slot-unrounded": "memory / trap: the subprog's counter pointer is half the "
+    "real one; only with depth % 8 != 0",
+    "tail-entry-offset": "termination (trap) / host_state: the first return after a "
+    "taken tail call returns through the saved rbp",
+    "tail-call-frame-mismatch": "tail_calls / memory / stack: the target reads its "
+    "counter slot from stale stack; rs bytes leak per tail call",
+    "missing-pop": "host_state (callee-saved not restored, rsp unbalanced) / trap",
+    "tail-call-clobbers-ctx": "registers (r1 != ctx at the target entry); retval if "
+    "the target reads ctx",
+    "tcc-ptr-not-reloaded": "memory / trap / tail_calls, once R0 was written before "
+    "the call",
+    "r9-not-saved": "memory / retval: private stack accesses after a helper use r9 "
+    "as clobbered",
+    "priv-stack-shared": "memory / retval: the callee overwrites its caller's stack",
+    "stale-out-label": "control flow / termination: two failing indirect tail calls "
+    "in one function",
+    "boundary-missing-r12": "host_state (r12 not restored) after bpf_throw",
+    "stale-poke": "retval / control flow: the old target keeps running after a "
+    "replace",
+    "poke-bypass-not-restored": "host_state / registers / tail_calls after a delete",
+}
+
+#: Faults of the 6.18 counter-pointer sequences; they have no meaning in 5.10's.
+_POINTER_SCHEME_FAULTS = frozenset(
+    {
+        "tcc-limit-off-by-one",
+        "tcc-limit-32",
+        "tcc-inc-before-null-check",
+        "tcc-by-value",
+        "tcc-reset-in-subprog",
+        "tcc-slot-unrounded",
+        "tcc-ptr-not-reloaded",
+    }
+)
 
 
 @dataclass(frozen=True)
 class Variant:
-    """Named knobs of the model; the default is Linux 6.18 on the project's host."""
+    """Named knobs of the model; the default is Linux 6.18 on the project's host.
 
-    name: str = "linux-6.18"
+    ``Variant(name="linux-5.10")`` (or ``design="linux-5.10"``) emits the 2020
+    tail-call design; ``Variant.from_names(["linux-5.10", "missing-pop"])``
+    builds one from command-line words."""
+
+    name: str = LINUX_6_18
     #: injected bugs by name (keys of FAULTS)
     faults: frozenset[str] = frozenset()
     #: the CPU has BMI2 (register shifts become shlx/shrx/sarx), as the host does
     bmi2: bool = True
+    #: tail-call design (keys of DESIGNS); None: ``name`` if it is a design,
+    #: else linux-6.18
+    design: str | None = None
 
     def __post_init__(self) -> None:
+        if self.design is None:
+            object.__setattr__(self, "design", self.name if self.name in DESIGNS else LINUX_6_18)
+        if self.design not in DESIGNS:
+            raise ValueError(f"unknown design {self.design!r} (known: {', '.join(DESIGNS)})")
+        object.__setattr__(self, "faults", frozenset(self.faults))
         unknown = set(self.faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
+        if self.design == LINUX_5_10 and self.faults & _POINTER_SCHEME_FAULTS:
+            bad = ", ".join(sorted(self.faults & _POINTER_SCHEME_FAULTS))
+            raise ValueError(f"fault(s) {bad} modify the 6.18 counter-pointer scheme")
 
     def has(self, fault: str) -> bool:
         return fault in self.faults
 
+    @property
+    def tail_call_offset(self) -> int:
+        """X86_TAIL_CALL_OFFSET of the design: where ``NativeProg.tail_call_entry`` is."""
+        return TAIL_CALL_OFFSETS[self.design]
+
     def with_faults(self, *faults: str) -> Variant:
-        return Variant(
-            f"{self.name}+{'+'.join(sorted(faults))}", self.faults | frozenset(faults), self.bmi2
+        return replace(
+            self,
+            name=f"{self.name}+{'+'.join(sorted(faults))}",
+            faults=self.faults | frozenset(faults),
         )
+
+    @classmethod
+    def from_names(cls, names: Iterable[str]) -> Variant:
+        """``["linux-5.10", "missing-pop"]`` -> that design with that fault: a
+        design name selects the design, every other word is a fault."""
+        words = list(names)
+        designs = [w for w in words if w in DESIGNS]
+        if len(designs) > 1:
+            raise ValueError(f"more than one design: {', '.join(designs)}")
+        design = designs[0] if designs else LINUX_6_18
+        faults = frozenset(w for w in words if w not in DESIGNS)
+        name = "+".join([design, *sorted(faults)])
+        return cls(name=name, faults=faults, design=design)
 
 
 def symbol_address(name: str) -> int:
@@ -124,8 +266,8 @@ def compile_system(
     case: Case, profile: Profile = LINUX, variant: Variant = Variant()
 ) -> NativeSystem:
     """JIT every program of ``case`` like Linux 6.18 x86-64 would."""
-    layout = KERNEL_LAYOUT
-    opts = JitOptions(profile.max_tail_calls, variant.bmi2, variant.faults)
+    layout = replace(KERNEL_LAYOUT, tail_call_offset=variant.tail_call_offset)
+    opts = JitOptions(profile.max_tail_calls, variant.bmi2, variant.faults, variant.design)
     map_addrs = {name: MAP_BASE + k * MAP_STRIDE for k, name in enumerate(case.maps)}
     for m in case.maps.values():
         if m.kind == "prog_array":
@@ -146,13 +288,23 @@ def compile_system(
         xprogs.append(xp)
         fj: list[FuncJit] = []
         multi = len(xp.funcs) > 1
+        shared: tuple[int, int] | None = None  # fault "priv-stack-shared"
         for k, f in enumerate(xp.funcs):
             priv = None
             if f.private_stack:
                 any_percpu = True
                 depth = round_up(f.stack_depth, 8)
-                region = PERCPU_BASE + len(regions) * PAGE
-                regions.append((region, depth + 2 * PRIV_STACK_GUARD_SZ))
+                if shared is not None:
+                    # the program's first area, sized for the deepest user
+                    region, size = shared
+                    at = regions.index(shared)
+                    shared = (region, max(size, depth + 2 * PRIV_STACK_GUARD_SZ))
+                    regions[at] = shared
+                else:
+                    region = PERCPU_BASE + len(regions) * PAGE
+                    regions.append((region, depth + 2 * PRIV_STACK_GUARD_SZ))
+                    if variant.has("priv-stack-shared"):
+                        shared = regions[-1]
                 priv = region + PRIV_STACK_GUARD_SZ + depth
 
             def resolve(sym: str, _p: int = pidx) -> int:
@@ -217,7 +369,7 @@ def compile_system(
         progs[xp.name] = NativeProg(
             name=xp.name,
             funcs=funcs,
-            tail_call_entry=funcs[0].address + X86_TAIL_CALL_OFFSET,
+            tail_call_entry=funcs[0].address + variant.tail_call_offset,
             prog_object=PROG_BASE + pidx * PROG_STRIDE,
             exception_callback=xp.exception_callback,
             exception_boundary=xp.exception_boundary,
@@ -267,9 +419,11 @@ def poke_transition(
     nop->jmp: target := jmp new, then bypass := nop5; jmp->nop: bypass := jmp out,
     (synchronize_rcu), then target := nop5; jmp->jmp: target only; nop->nop:
     nothing. A poke whose new bytes equal the old ones is skipped, as
-    ``__bpf_arch_text_poke`` does."""
-    old = system.progs[old_prog].tail_call_entry if old_prog else None
-    new = system.progs[new_prog].tail_call_entry if new_prog else None
+    ``__bpf_arch_text_poke`` does. The same protocol in both designs (5.10
+    introduced it); jumps go to ``bpf_func + poke->adj_off``."""
+    short = ENTRY_SHORTFALL if variant.has("tail-entry-offset") else 0
+    old = system.progs[old_prog].tail_call_entry - short if old_prog else None
+    new = system.progs[new_prog].tail_call_entry - short if new_prog else None
     patches: list[tuple[int, bytes]] = []
 
     def poke(at: int, before: bytes, after: bytes) -> None:
@@ -286,7 +440,8 @@ def poke_transition(
         if old is None:
             poke(site.bypass, jmp_out, NOP5)
     else:
-        poke(site.bypass, NOP5 if old is not None else jmp_out, jmp_out)
+        if not (old is not None and variant.has("poke-bypass-not-restored")):
+            poke(site.bypass, NOP5 if old is not None else jmp_out, jmp_out)
         poke(site.target, _jmp(site.target, old) if old is not None else NOP5, NOP5)
     return patches
 
