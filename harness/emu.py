@@ -166,8 +166,8 @@ class AddressSpace:
     frame_size: int = 512
 
 
-#: every region the executor maps (stacks, ctx, maps, per-cpu) is kernel-like,
-#: at or above this address, in both the model's and the kernel's layout
+#: stacks, ctx and maps are kernel-like, at or above this address; per-cpu
+#: areas may be lower (a per-cpu pointer before gs: is added is an offset)
 _LOWEST_POINTER = 0xFFFF_8000_0000_0000
 
 
@@ -416,6 +416,7 @@ class Executor:
             uc.mem_map(base & VA_MASK, size, perms)
         self.raw.write(SENTINEL, b"\xcc" * PAGE)
         self._regions: dict[int, tuple[int, int]] = {}  # masked base -> (size, perms)
+        self._lowest = _LOWEST_POINTER
         self._native: NativeSystem | None = None
         self._case: Case | None = None
         self._lockstep = False
@@ -521,6 +522,7 @@ class Executor:
             need(addr, lay.array_ptrs + size, R | W, f"map {name}")
         for addr, size in native.percpu_regions:
             need(addr, size, R | W, "per-cpu area")
+        self._lowest = min([_LOWEST_POINTER] + [a for a, _ in native.percpu_regions])
         if not any(p.type == "test" for p in case.programs.values()):
             protected.append((CTX_ADDR, CTX_ADDR + max(len(case.ctx), 1), "ctx"))
         self._apply_mapping(want)
@@ -997,7 +999,7 @@ class Executor:
         return [f.fp for f in run.frames]
 
     def _sym(self, run: _Run, value: int):
-        if value < _LOWEST_POINTER:
+        if value < self._lowest:
             return value  # small scalars, the common case: no region is down there
         return symbolize(value, self.space, self._fps(run))
 

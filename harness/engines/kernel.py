@@ -188,6 +188,41 @@ def _symbol(name: str, address: int, image: SystemImage) -> str | None:
     return KERNEL_FUNCS.get(name)
 
 
+#: where stand-in code goes: above the module area's images, below the top page
+_STANDIN_BASE = 0xFFFF_FFFF_C0F0_0000
+
+
+def _default_callback(start_pc: int, return_thunk: int, taken: list[int]) -> NativeFunc:
+    """The kernel's hidden default exception callback, as its JIT emits it for
+    ``r0 = r1; exit``: the callback prologue (restore the boundary's rsp, rbp
+    and all callee-saved registers; listings: exception callback), the body,
+    the epilogue."""
+    address = _STANDIN_BASE + 0x100 * len(taken)
+    taken.append(address)
+    head = bytes.fromhex(
+        "0f1f440000"
+        "0f1f00"  # nop5 (fentry), nop3
+        "4889f4"
+        "4889d5"  # mov rsp, rsi; mov rbp, rdx
+        "415f"
+        "415e"
+        "415d"
+        "5b"
+        "415c"  # pop r15, r14, r13, rbx, r12
+        "4889ec"  # mov rsp, rbp
+    )
+    body = bytes.fromhex("4889f8")  # r0 = r1: mov rax, rdi
+    leave = address + len(head) + len(body)
+    if return_thunk:
+        ret = b"\xe9" + ((return_thunk - (leave + 6)) & 0xFFFFFFFF).to_bytes(4, "little")
+    else:  # no image returns (every path throws): the thunk is a plain ret
+        ret = b"\xc3"
+    code = head + body + b"\xc9" + ret
+    return NativeFunc(
+        "exception_cb", start_pc, address, code, [address + len(head), leave], 0, False, leave
+    )
+
+
 def _dead_to_nop(prog: Program, dead: set[int]) -> Program:
     if not dead:
         return prog
@@ -221,6 +256,7 @@ def build_native(
     percpu: list[tuple[int, int]] = []
     progs: dict[str, NativeProg] = {}
     programs = dict(case.programs)
+    taken_code: list[int] = []  # stand-in functions placed so far
     for pname, pi in image.progs.items():
         prog = case.programs[pname]
         funcs = []
@@ -251,13 +287,14 @@ def build_native(
         throws = any(
             i.opcode == isa.JMP | isa.CALL and i.src == isa.PSEUDO_KFUNC_CALL for i in pi.xlated
         )
-        if throws and pi.exception_callback is None:
+        cb = pi.exception_callback
+        if throws and cb is None:
             # 6.18 appends a hidden default callback (r0 = r1; exit) and JITs
-            # it, but reports it in neither jited_ksyms nor kallsyms
-            raise NotReplayable(
-                f"{pname} throws without an exception callback: the kernel's hidden default "
-                "callback is not in jited_ksyms, so its image cannot be replayed"
-            )
+            # it, but reports it in neither jited_ksyms nor kallsyms: stand in
+            # the bytes the kernel emits for it (the callback prologue of the
+            # listings, then the body), jumping to the kernel's return thunk
+            funcs.append(_default_callback(len(prog.insns), image.return_thunk, taken_code))
+            cb = len(funcs) - 1
         # offset None: no tail calls anywhere; point the entry past the image,
         # where the executor never sees it run
         entry = funcs[0].address + (
@@ -267,8 +304,8 @@ def build_native(
             pname,
             funcs,
             entry,
-            exception_callback=pi.exception_callback,
-            exception_boundary=pi.exception_callback is not None or throws,
+            exception_callback=cb,
+            exception_boundary=cb is not None,
         )
         programs[pname] = _dead_to_nop(prog, dead)
     # fake prog objects where nothing of the system lives

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import os
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 
 from harness import isa
@@ -356,12 +357,17 @@ class LoadedSystem:
 
         ks = kallsyms()
         symbols: dict[int, str] = {}
-        thunk = 0
+        # the return thunk: the external target most images end by jumping to
+        # (an image may end in a jump inside itself, or in a call to bpf_throw)
+        ends: Counter = Counter()
         for pi in progs.values():
             for f in pi.funcs:
                 t = jmp_rel32_target(f.code, f.address)
-                if t is not None and not thunk:
-                    thunk = t
+                if t is not None and not internal(t):
+                    ends[t] += 1
+        thunk = ends.most_common(1)[0][0] if ends else 0
+        for pi in progs.values():
+            for f in pi.funcs:
                 for _addr, _size, mnem, ops in _sweep(f.code, f.address):
                     target = _imm_target(ops) if mnem in ("call", "jmp") else None
                     if target is not None and not internal(target) and target not in symbols:
@@ -375,16 +381,26 @@ class LoadedSystem:
         # insn_offs are in xlated numbering, which dead-code removal shifts).
         kept = [p.func_of_type[tid] for _off, tid in info.func_info] or [0]
         # Original pc -> host address, through the line numbers we wrote.
-        addr_of_pc: dict[int, int] = {}
+        # A pc can have several records: the kernel copies line info into the
+        # hidden subprograms it appends (the default exception callback), whose
+        # code lies outside every reported function; keep the one inside.
+        addrs_of_pc: dict[int, list[int]] = {}
         for rec, addr in zip(info.line_info, info.jited_line_info, strict=True):
-            addr_of_pc.setdefault(line_to_pc(rec[3]), addr)
+            addrs_of_pc.setdefault(line_to_pc(rec[3]), []).append(addr)
         funcs = []
         for start, (address, code) in zip(kept, info.func_images(), strict=True):
             i = starts.index(start)
             end = starts[i + 1] if i + 1 < len(starts) else len(insns)
             addrs: list[int | None] = []
             for pc in _slot_starts(insns[start:end]):
-                addrs.append(addr_of_pc.get(start + pc))
+                recs = addrs_of_pc.get(start + pc, ())
+                inside = [a for a in recs if address <= a <= address + len(code)]
+                if not inside and pc == 0 and recs:
+                    # a function's first record names its start; with a hidden
+                    # subprogram 6.18 reports another image's address there
+                    # (docs/kernel-findings.md)
+                    inside = [address]
+                addrs.append(inside[0] if inside else None)
                 if insns[start + pc].opcode == isa.LD_IMM64:
                     addrs.append(addrs[-1])  # the second slot repeats the first
             funcs.append(

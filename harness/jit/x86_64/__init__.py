@@ -142,12 +142,10 @@ FAULT_SYMPTOMS: dict[str, str] = {
     "tcc-limit-32": "tail_calls (NTC 32, not 33); retval of a counting chain",
     "tcc-inc-before-null-check": "tail_calls (an empty-slot call costs one; a full "
     "chain after it is cut short)",
-    "index-64bit": "retval / control flow: index (1 << 32) | k fails instead of "
-    "reaching slot k",
+    "index-64bit": "retval / control flow: index (1 << 32) | k fails instead of reaching slot k",
     "tcc-by-value": "tail_calls / termination: a subprog tail-calling its caller "
     "multiplies the chain (~N^33)",
-    "tcc-reset-in-subprog": "tail_calls / termination: each subprog entry restarts "
-    "at 0",
+    "tcc-reset-in-subprog": "tail_calls / termination: each subprog entry restarts at 0",
     "tcc-slot-unrounded": "memory / trap: the subprog's counter pointer is half the "
     "real one; only with depth % 8 != 0",
     "tail-entry-offset": "termination (trap) / host_state: the first return after a "
@@ -157,16 +155,13 @@ FAULT_SYMPTOMS: dict[str, str] = {
     "missing-pop": "host_state (callee-saved not restored, rsp unbalanced) / trap",
     "tail-call-clobbers-ctx": "registers (r1 != ctx at the target entry); retval if "
     "the target reads ctx",
-    "tcc-ptr-not-reloaded": "memory / trap / tail_calls, once R0 was written before "
-    "the call",
-    "r9-not-saved": "memory / retval: private stack accesses after a helper use r9 "
-    "as clobbered",
+    "tcc-ptr-not-reloaded": "memory / trap / tail_calls, once R0 was written before the call",
+    "r9-not-saved": "memory / retval: private stack accesses after a helper use r9 as clobbered",
     "priv-stack-shared": "memory / retval: the callee overwrites its caller's stack",
     "stale-out-label": "control flow / termination: two failing indirect tail calls "
     "in one function",
     "boundary-missing-r12": "host_state (r12 not restored) after bpf_throw",
-    "stale-poke": "retval / control flow: the old target keeps running after a "
-    "replace",
+    "stale-poke": "retval / control flow: the old target keeps running after a replace",
     "poke-bypass-not-restored": "host_state / registers / tail_calls after a delete",
 }
 
