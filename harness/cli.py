@@ -196,6 +196,26 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_mutants(args) -> int:
+    from harness.mutants import MUTANTS, render, scoreboard
+
+    specs = args.only or list(MUTANTS)
+    for spec in specs:
+        if spec not in MUTANTS:
+            raise JitdiffError(f"unknown mutant {spec!r} (known: {', '.join(MUTANTS)})")
+    print(f"$ jitdiff mutants --time {args.time:g} --workers {args.workers} --seed {args.seed}")
+    scores = scoreboard(
+        specs,
+        seconds=args.time,
+        workers=args.workers,
+        seed=args.seed,
+        shrink=not args.no_shrink,
+        stream=sys.stdout if args.verbose else None,
+    )
+    print(render(scores))
+    return 0 if all(s.found for s in scores) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="jitdiff", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -251,6 +271,18 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--seed", type=int, default=1)
     common(sp)
     sp.set_defaults(fn=cmd_bench)
+
+    sp = sub.add_parser(
+        "mutants",
+        help="fuzz every historical design and named fault from scratch and print the scoreboard",
+    )
+    sp.add_argument("--time", type=float, default=60.0, help="seconds per mutant at most")
+    sp.add_argument("--workers", type=int, default=2)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--only", action="append", help="one mutant spec (repeatable)")
+    sp.add_argument("--no-shrink", action="store_true")
+    sp.add_argument("-v", "--verbose", action="store_true", help="print each row as it lands")
+    sp.set_defaults(fn=cmd_mutants)
 
     args = p.parse_args(argv)
     try:

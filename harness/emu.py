@@ -1139,10 +1139,14 @@ class Executor:
             self._tail_taken(run, regs, fi.prog, regs[RBP], address, fi)
         where = Where(fi.prog, fi.label, pc)
         # 6.18: [rbp - round_up(depth, 8) - 16] holds a pointer to the one
-        # counter the whole call hierarchy shares
-        slot = regs[RBP] - elem_stride(fi.func.stack_depth) - 16
+        # counter the whole call hierarchy shares; 5.10 kept a dword count
+        lay = self._native.layout
+        slot = regs[RBP] - elem_stride(fi.func.stack_depth) + lay.counter_slot
         try:
-            counter = self.raw.u64(self.raw.u64(slot))
+            if lay.counter_is_pointer:
+                counter = self.raw.u64(self.raw.u64(slot))
+            else:
+                counter = self.raw.u64(slot) & U32
         except _Fault:
             counter = None
         limit = self.profile.max_tail_calls

@@ -25,6 +25,11 @@ class Layout:
     map_type: int = 0x40  #: bpf_map.map_type
     prog_bpf_func: int = 0x48  #: bpf_prog.bpf_func
     tail_call_offset: int = 12  #: bytes of prologue a tail call skips (X86_TAIL_CALL_OFFSET)
+    #: where a frame keeps the tail-call counter, relative to
+    #: rbp - round_up(stack_depth, 8): 6.18 keeps a POINTER to the one shared
+    #: counter at -16; the 2020 design (5.10) the count itself, a dword at -4
+    counter_slot: int = -16
+    counter_is_pointer: bool = True
 
 
 KERNEL_LAYOUT = Layout()

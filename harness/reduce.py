@@ -116,7 +116,9 @@ def _variants(case: Case):
         n = len(prog.insns)
         k = n // 2
         while k >= 1:
-            for start in range(n - k, -1, -k if k > 1 else -1):
+            # short runs at every position (a call and the use of its result,
+            # a dead function body), long ones at half-overlapping positions
+            for start in range(n - k, -1, -1 if k <= 8 else -(k // 2)):
                 p = _delete_run(prog, start, k)
                 if p is not None:
                     c = copy.copy(case)

@@ -83,7 +83,8 @@ def get(name: str, profile: Profile = LINUX, **options) -> Engine:
 def get_spec(spec: str, profile: Profile = LINUX, **options) -> Engine:
     """An engine from a command-line spec: ``NAME``, ``NAME@PROFILE`` (another
     semantic profile, e.g. ``interp@linux-interp``) or ``NAME+FAULT[+FAULT]``
-    (the x86-64 model with named faults or a historical design). The engine's
+    (the x86-64 model with named faults or a historical design, e.g.
+    ``x86_64+linux-5.10``). The engine's
     ``name`` becomes the spec, so reports say exactly what ran."""
     from harness.profile import PROFILES
 
@@ -95,13 +96,13 @@ def get_spec(spec: str, profile: Profile = LINUX, **options) -> Engine:
         profile = PROFILES[prof]
     if faults:
         if name != "x86_64":
-            raise JitdiffError(f"faults are a feature of the x86_64 model, not {name}")
-        from harness.jit import FAULTS, Variant
+            raise JitdiffError(f"faults and designs are the x86_64 model's, not {name}'s")
+        from harness.jit import Variant
 
-        unknown = [f for f in faults if f not in FAULTS]
-        if unknown:
-            raise JitdiffError(f"unknown fault {unknown[0]!r} (known: {', '.join(FAULTS)})")
-        options["variant"] = Variant(faults=frozenset(faults))
+        try:
+            options["variant"] = Variant.from_names(faults)
+        except ValueError as e:
+            raise JitdiffError(str(e)) from None
     eng = get(name, profile, **options)
     eng.name = spec
     return eng

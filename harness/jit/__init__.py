@@ -5,6 +5,8 @@ re-exported here.
 """
 
 from harness.jit.x86_64 import (
+    DESIGNS,
+    FAULT_SYMPTOMS,
     FAULTS,
     JitError,
     Variant,
@@ -15,7 +17,9 @@ from harness.jit.x86_64 import (
 )
 
 __all__ = [
+    "DESIGNS",
     "FAULTS",
+    "FAULT_SYMPTOMS",
     "JitError",
     "Variant",
     "apply_patches",

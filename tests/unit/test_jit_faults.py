@@ -619,7 +619,7 @@ V510 = Variant(name="linux-5.10")
 
 
 def test_design_is_selected_by_name_or_knob():
-    assert set(DESIGNS) == {"linux-6.18", "linux-5.10"}
+    assert set(DESIGNS) == {"linux-6.18", "linux-5.10", "linux-6.1"}
     assert V510.design == "linux-5.10" and V510.tail_call_offset == 11
     assert Variant().design == "linux-6.18" and Variant().tail_call_offset == 12
     assert Variant(design="linux-5.10").tail_call_offset == 11
@@ -687,6 +687,18 @@ def test_510_reloads_before_helper_calls_too_with_the_unrounded_depth():
     assert bytes.fromhex("488b85ecffffff e8") in code
     # and the tail call's count slot uses the rounded depth: -4 - 16
     assert bytes.fromhex("8b85ecffffff 83f820") in code
+
+
+def test_61_reloads_the_count_from_the_rounded_depth():
+    # the 2022 fix: round_up(12, 8) = 16, so mov rax, [rbp - (16 + 8)]
+    main = [*movr(6, 1), *stx(isa.W, 10, 6, -12), *call(5), *ld_map(2, 0), *mov(3, 0)]
+    p = prog("p", main, call(12), mov(0, 0), exit_())
+    v61 = Variant(name="linux-6.1")
+    code = compile_system(Case({"p": p}, {"jt": JT}), variant=v61).progs["p"].funcs[0].code
+    assert bytes.fromhex("488b85e8ffffff e8") in code
+    assert bytes.fromhex("488b85ecffffff e8") not in code
+    old = compile_system(Case({"p": p}, {"jt": JT}), variant=V510).progs["p"].funcs[0].code
+    assert code == old.replace(bytes.fromhex("488b85ecffffff"), bytes.fromhex("488b85e8ffffff"))
 
 
 def test_510_and_the_tcc_by_value_fault_are_different_code():

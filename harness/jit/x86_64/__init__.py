@@ -40,8 +40,10 @@ from harness.profile import LINUX, Profile
 from harness.system import Case
 
 from .codegen import (
+    BY_VALUE,
     ENTRY_SHORTFALL,
     LINUX_5_10,
+    LINUX_6_1,
     LINUX_6_18,
     TAIL_CALL_OFFSETS,
     X86_TAIL_CALL_OFFSET,
@@ -88,7 +90,10 @@ DESIGNS: dict[str, str] = {
     LINUX_6_18: "counter in the entry frame, a pointer to it in every frame (6.10+); "
     "tail calls enter at +12",
     LINUX_5_10: "2020 design (v5.10-v6.9): count by value in rax, pushed below the BPF "
-    "stack; subprogs get a copy (tailcall hierarchy bug); tail calls enter at +11",
+    "stack; subprogs get a copy (tailcall hierarchy bug); tail calls enter at +11; the "
+    "count reloaded from the unrounded stack depth (fixed 2022)",
+    LINUX_6_1: "the 2020 design with the 2022 reload-offset fix (6.1-6.9 LTS): carries "
+    "only the tailcall hierarchy bug",
 }
 
 #: Injectable bugs: "bug class: what the emitted code does wrong (kernel history)".
@@ -205,7 +210,7 @@ class Variant:
         unknown = set(self.faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
-        if self.design == LINUX_5_10 and self.faults & _POINTER_SCHEME_FAULTS:
+        if self.design in BY_VALUE and self.faults & _POINTER_SCHEME_FAULTS:
             bad = ", ".join(sorted(self.faults & _POINTER_SCHEME_FAULTS))
             raise ValueError(f"fault(s) {bad} modify the 6.18 counter-pointer scheme")
 
@@ -262,6 +267,8 @@ def compile_system(
 ) -> NativeSystem:
     """JIT every program of ``case`` like Linux 6.18 x86-64 would."""
     layout = replace(KERNEL_LAYOUT, tail_call_offset=variant.tail_call_offset)
+    if variant.design in BY_VALUE:
+        layout = replace(layout, counter_slot=-4, counter_is_pointer=False)
     opts = JitOptions(profile.max_tail_calls, variant.bmi2, variant.faults, variant.design)
     map_addrs = {name: MAP_BASE + k * MAP_STRIDE for k, name in enumerate(case.maps)}
     for m in case.maps.values():

@@ -88,6 +88,8 @@ __all__ = [
     "ENTRY_SHORTFALL",
     "LINUX_6_18",
     "LINUX_5_10",
+    "LINUX_6_1",
+    "BY_VALUE",
     "JitError",
 ]
 
@@ -95,9 +97,14 @@ __all__ = [
 X86_TAIL_CALL_OFFSET = 12
 LINUX_6_18 = "linux-6.18"
 LINUX_5_10 = "linux-5.10"
+#: 5.10's design after the 2022 fix of the counter's reload offset (the LTS
+#: kernels 6.1-6.9 that shipped the tailcall hierarchy bug until 2024)
+LINUX_6_1 = "linux-6.1"
+#: the designs that pass the count by value in rax
+BY_VALUE = (LINUX_5_10, LINUX_6_1)
 #: bytes of prologue a tail call skips, per design (5.10: nop5, xor eax,eax,
 #: push rbp, mov rbp,rsp = 5 + 2 + 1 + 3)
-TAIL_CALL_OFFSETS = {LINUX_6_18: X86_TAIL_CALL_OFFSET, LINUX_5_10: 11}
+TAIL_CALL_OFFSETS = {LINUX_6_18: X86_TAIL_CALL_OFFSET, LINUX_5_10: 11, LINUX_6_1: 11}
 #: fault "tail-entry-offset": tail calls jump this many bytes short of the entry
 ENTRY_SHORTFALL = 4
 MAX_PASSES = 20
@@ -123,7 +130,7 @@ class JitOptions:
     @property
     def by_value(self) -> bool:
         """The 2020 design: the count travels by value in rax."""
-        return self.design == LINUX_5_10
+        return self.design in BY_VALUE
 
     @property
     def tail_call_offset(self) -> int:
@@ -574,8 +581,14 @@ class FuncJit:
                 if opts.by_value:
                     if f.tail_call_reachable:
                         # 5.10, before every call: mov rax, qword ptr
-                        # [rbp - (aux->stack_depth + 8)], the depth unrounded
-                        e.emit3_off32(0x48, 0x8B, 0x85, -(f.raw_stack_depth + 8))
+                        # [rbp - (aux->stack_depth + 8)], the depth unrounded;
+                        # 6.1 has the fix: round_up(stack_depth, 8)
+                        raw = (
+                            f.raw_stack_depth
+                            if opts.design == LINUX_5_10
+                            else round_up(stack_depth, 8)
+                        )
+                        e.emit3_off32(0x48, 0x8B, 0x85, -(raw + 8))
                 elif pseudo and f.tail_call_reachable and not opts.has("tcc-ptr-not-reloaded"):
                     # LOAD_TAIL_CALL_CNT_PTR(stack_depth); fault
                     # "tcc-slot-unrounded" addresses it with the raw depth
