@@ -33,7 +33,16 @@ from harness.system import Case
 from oracles import Verdict
 from oracles.base import verdict
 
-__all__ = ["Campaign", "Finding", "Summary", "run_campaign", "case_for", "check_one"]
+__all__ = [
+    "Campaign",
+    "Finding",
+    "Summary",
+    "run_campaign",
+    "case_for",
+    "check_one",
+    "shrink",
+    "signature",
+]
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,7 @@ def check_one(runner: Runner, case: Case):
     return res, poisoned
 
 
-def _signature(engine: str, d) -> str:
+def signature(engine: str, d) -> str:
     return f"{engine}|{d.signature()}"
 
 
@@ -121,13 +130,13 @@ def _size(case: Case) -> tuple[int, int]:
     return sum(len(p.insns) for p in case.programs.values()), len(case.programs)
 
 
-def _shrink(runner: Runner, engine: str, sig: str, choices: list[int], config: Config):
+def shrink(runner: Runner, engine: str, sig: str, choices: list[int], config: Config) -> Case:
     """Choice shrinking (local, generator-aware), then case reduction (removes
     the scaffolding the generator always emits)."""
 
     def case_fails(case: Case) -> bool:
         res, _ = check_one(runner, case)
-        return any(_signature(n, d) == sig for n, d in res.divergences if n == engine)
+        return any(signature(n, d) == sig for n, d in res.divergences if n == engine)
 
     def still_diverges(case: Case) -> bool:
         # removing scaffolding often moves the symptom to another oracle (a
@@ -161,13 +170,13 @@ def _worker(w: int, camp: Campaign, out: mp.Queue, stop) -> None:
             poisoned.update(why)
             cov.update(shape_coverage(case, res.reference.runs))
             for engine, d in res.divergences:
-                sig = _signature(engine, d)
+                sig = signature(engine, d)
                 if sig in seen:
                     out.put(("dup", w))
                     continue
                 seen.add(sig)
                 found_at = time.monotonic() - start
-                small = _shrink(runner, engine, sig, choices, camp.config) if camp.shrink else case
+                small = shrink(runner, engine, sig, choices, camp.config) if camp.shrink else case
                 sres, _ = check_one(runner, small)
                 dd = next((x for e, x in sres.divergences if e == engine), d)
                 eng = next(e for e in runner.engines if e.name == engine)

@@ -126,6 +126,23 @@ def _variants(case: Case):
                     c.programs[name] = p
                     yield c
             k //= 2
+    yield from _simplified(case)
+
+
+def _simplified(case: Case):
+    """Register moves turned into ``rX = 0``: the move's source then often
+    becomes dead and a later deletion can take it."""
+    for name, prog in case.programs.items():
+        for pc, i in enumerate(prog.insns):
+            if i.opcode == isa.ALU64 | isa.MOV | isa.X and not i.off:
+                insns = list(prog.insns)
+                insns[pc] = Insn(isa.ALU64 | isa.MOV | isa.K, i.dst, 0, 0, 0)
+                c = copy.copy(case)
+                c.programs = dict(case.programs)
+                c.programs[name] = Program(
+                    prog.name, prog.type, insns, dict(prog.labels), prog.exception_callback
+                )
+                yield c
 
 
 def _without_map(case: Case, idx: int, name: str) -> Case | None:

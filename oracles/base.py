@@ -67,16 +67,8 @@ def events(run: RunOutcome, *kinds: str, hide: frozenset[str] = frozenset()) -> 
     ]
 
 
-def _key(e: Event) -> tuple:
-    return (e.kind, e.where.prog, e.where.func, e.where.pc, _comparable(e.data))
-
-
-def _comparable(data) -> object:
-    """``None`` (uninitialised in the reference) matches anything."""
-    return data
-
-
 def _same(a, b) -> bool:
+    """Equal, where ``None`` (uninitialised in the reference) matches anything."""
     if a is None or b is None:
         return True
     if isinstance(a, tuple) and isinstance(b, tuple):
@@ -104,13 +96,19 @@ def first_difference(ref: list[Event], cand: list[Event]) -> int | None:
 
 
 def event_oracle(
-    name: str, *kinds: str
+    name: str, *kinds: str, project: Callable[[Event], Event] | None = None
 ) -> Callable[[int, RunOutcome, RunOutcome], Divergence | None]:
+    """Compare the events of ``kinds`` in order; ``project`` keeps only the
+    part of each event this oracle is about."""
+
     def check(i: int, ref: RunOutcome, cand: RunOutcome) -> Divergence | None:
         hide = unobserved(cand)
         if "events" in hide:
             return None
-        a, b = events(ref, *kinds, hide=hide), events(cand, *kinds, hide=hide)
+        ra = events(ref, *kinds, hide=hide)
+        a, b = ra, events(cand, *kinds, hide=hide)
+        if project is not None:
+            a, b = [project(e) for e in a], [project(e) for e in b]
         k = first_difference(a, b)
         if k is None:
             return None
@@ -124,7 +122,7 @@ def event_oracle(
             eb and (eb.kind, eb.data),
             where,
             f"{(ea or eb).kind} event #{k}",
-            event=ref.events.index(ea) if ea else None,
+            event=ref.events.index(ra[k]) if ea else None,
         )
 
     check.__name__ = name
