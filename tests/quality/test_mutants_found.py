@@ -27,8 +27,8 @@ def _hunt(runner: Runner, spec: str):
     for i in range(LIMIT):
         case, choices = case_for(SEED, i, Config())
         res, _ = check_one(runner, case)
-        for engine, d in res.divergences:
-            return i, d, choices
+        if res.divergences:
+            return i, res.divergences[0][1], choices
     return None
 
 
