@@ -23,10 +23,24 @@ the inline retpoline, those offsets equal the ones the model gets from its
 from __future__ import annotations
 
 import pytest
+from bpf_builder import (
+    alu,
+    alur,
+    call,
+    exit_,
+    jmp,
+    kfunc,
+    ld_map,
+    ldx,
+    mov,
+    movr,
+    pcall,
+    prog,
+    stx,
+)
 
 from harness import isa
 from harness.image import NativeSystem
-from harness.isa import Insn
 from harness.jit.x86_64 import (
     DESIGNS,
     FAULT_SYMPTOMS,
@@ -38,60 +52,6 @@ from harness.jit.x86_64 import (
     symbol_address,
 )
 from harness.system import Case, MapDef, Program
-
-# ---- builders (as in test_jit_x86_64.py) ---------------------------------------------
-
-
-def mov(dst, imm):
-    return [Insn(isa.ALU64 | isa.MOV | isa.K, dst, 0, 0, imm)]
-
-
-def movr(dst, src):
-    return [Insn(isa.ALU64 | isa.MOV | isa.X, dst, src)]
-
-
-def alu(op, dst, imm):
-    return [Insn(isa.ALU64 | op | isa.K, dst, 0, 0, imm)]
-
-
-def alur(op, dst, src):
-    return [Insn(isa.ALU64 | op | isa.X, dst, src)]
-
-
-def ldx(size, dst, src, off):
-    return [Insn(isa.LDX | isa.MEM | size, dst, src, off)]
-
-
-def stx(size, dst, src, off):
-    return [Insn(isa.STX | isa.MEM | size, dst, src, off)]
-
-
-def ld_map(dst, index):
-    return list(isa.ld_imm64(dst, index, isa.PSEUDO_MAP_FD))
-
-
-def call(helper):
-    return [Insn(isa.JMP | isa.CALL, 0, 0, 0, helper)]
-
-
-def kfunc(n):
-    return [Insn(isa.JMP | isa.CALL, 0, isa.PSEUDO_KFUNC_CALL, 0, n)]
-
-
-def pcall(rel):
-    return [Insn(isa.JMP | isa.CALL, 0, isa.PSEUDO_CALL, 0, rel)]
-
-
-def jmp(op, dst, imm, off):
-    return [Insn(isa.JMP | op | isa.K, dst, 0, off, imm)]
-
-
-def exit_():
-    return [Insn(isa.JMP | isa.EXIT)]
-
-
-def prog(name, *parts, type="sched_cls", labels=None, cb=None):
-    return Program(name, type, [i for p in parts for i in p], labels or {}, cb)
 
 
 def ret(name, value):
