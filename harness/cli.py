@@ -27,6 +27,21 @@ def _engines(args) -> list[str]:
     return names
 
 
+def _available(names: list[str], *, skip: bool = False) -> list[str]:
+    """The engines that can run here; an unusable one is an error (exit 2), or
+    with ``skip`` a printed note and left out."""
+    usable = []
+    for n in names:
+        why = engines.available(n.partition("@")[0].split("+")[0])
+        if why and not skip:
+            raise JitdiffError(f"engine {n} is unavailable: {why}")
+        if why:
+            print(f"skipping engine {n}: {why}")
+        else:
+            usable.append(n)
+    return usable
+
+
 def _profile(args):
     try:
         return PROFILES[args.profile]
@@ -121,11 +136,7 @@ def cmd_show(args) -> int:
 def cmd_fuzz(args) -> int:
     from harness.fuzz import Campaign, default_workers, run_campaign
 
-    names = tuple(_engines(args))
-    for n in names:
-        why = engines.available(n.partition("@")[0].split("+")[0])
-        if why:
-            raise JitdiffError(f"engine {n} is unavailable: {why}")
+    names = tuple(_available(_engines(args)))
     if args.time is None and args.examples is None:
         args.time = 60.0
     camp = Campaign(
@@ -158,13 +169,7 @@ def cmd_replay(args) -> int:
     if not files:
         raise JitdiffError(f"no case files under {', '.join(map(str, paths))}")
     names = args.engine or [n for n in engines.ENGINES if n != "interp"]
-    usable = []
-    for n in names:
-        why = engines.available(n.partition("@")[0].split("+")[0])
-        if why:
-            print(f"skipping engine {n}: {why}")
-        else:
-            usable.append(n)
+    usable = _available(names, skip=True)
     runner = Runner(usable, _profile(args))
     bad = 0
     for f in files:
@@ -183,11 +188,7 @@ def cmd_replay(args) -> int:
 def cmd_bench(args) -> int:
     from harness.bench import bench
 
-    names = _engines(args)
-    for n in names:
-        why = engines.available(n.partition("@")[0].split("+")[0])
-        if why:
-            raise JitdiffError(f"engine {n} is unavailable: {why}")
+    names = _available(_engines(args))
     print(
         f"$ jitdiff bench {' '.join('--engine ' + n for n in names)} --cases {args.cases} "
         f"--seed {args.seed}"

@@ -185,7 +185,9 @@ class Report:
     #: what the kernel does differently by design in this case, one line each
     notes: list[str] = field(default_factory=list)
 
-    def regions(self, categories: Iterable[str] = CATEGORIES) -> Iterable[tuple[FuncReport, Region]]:
+    def regions(
+        self, categories: Iterable[str] = CATEGORIES
+    ) -> Iterable[tuple[FuncReport, Region]]:
         cats = set(categories)
         for f in self.funcs:
             if f.skipped:
@@ -273,9 +275,11 @@ class _Names:
 
 def _fname(prog, f: NativeFunc) -> str:
     # the hidden default callback has another name on each side
-    return "exception_cb" if prog.exception_callback is not None and f is prog.funcs[
-        prog.exception_callback
-    ] else f.name
+    return (
+        "exception_cb"
+        if prog.exception_callback is not None and f is prog.funcs[prog.exception_callback]
+        else f.name
+    )
 
 
 def _normalise(mnem: str, ops: str, names: _Names, local: Callable[[int], str | None]) -> str:
@@ -310,7 +314,9 @@ def _category(insn: Insn) -> str:
 def _bpf_text(case: Case, prog: str, pc: int, insn: Insn) -> str:
     p = case.programs[prog]
     if pc >= len(p.insns):
-        return "(hidden default exception callback) " + ("exit" if insn.opcode == isa.JMP | isa.EXIT else "r0 = r1")
+        return "(hidden default exception callback) " + (
+            "exit" if insn.opcode == isa.JMP | isa.EXIT else "r0 = r1"
+        )
     try:
         from harness.asm import format_insn  # type: ignore[attr-defined]
 
@@ -387,7 +393,9 @@ def _cut(case: Case, prog, f: NativeFunc, names: _Names) -> _Cut:
         return None
 
     lines: dict[str, list[Line]] = {lab: [] for lab in order}
-    bounds = sorted(((spans[lab][0], spans[lab][1], lab) for lab in order if spans[lab][1] > spans[lab][0]))
+    bounds = sorted(
+        (spans[lab][0], spans[lab][1], lab) for lab in order if spans[lab][1] > spans[lab][0]
+    )
     bi = 0
     for o, size, mnem, ops in raw:
         while bi + 1 < len(bounds) and o >= bounds[bi][1]:
@@ -422,9 +430,11 @@ def _by_design(r: Region, insn: Insn | None, dead: bool | None) -> str:
     if r.kind == "insn" and not r.kernel and r.model:
         if dead:
             return "dead code: the verifier removed this instruction"
-        if insn is not None and isa.cls(insn.opcode) in (isa.JMP, isa.JMP32) and (
-            insn.opcode & 0xF0
-        ) not in (isa.CALL, isa.EXIT):
+        if (
+            insn is not None
+            and isa.cls(insn.opcode) in (isa.JMP, isa.JMP32)
+            and (insn.opcode & 0xF0) not in (isa.CALL, isa.EXIT)
+        ):
             return "branch resolved by the verifier (opt_remove_nops / dead-code branch)"
         if dead is None:
             return "dead code (inferred: the kernel emitted nothing here)"
@@ -520,9 +530,13 @@ def compare(
                 if r.status != "differs":
                     continue
                 same_text = _norms(r.model) == _norms(r.kernel)
-                if same_text and layout_changed and all(
-                    a.mnemonic.startswith("j") or a.key == b.key
-                    for a, b in zip(r.model, r.kernel, strict=True)
+                if (
+                    same_text
+                    and layout_changed
+                    and all(
+                        a.mnemonic.startswith("j") or a.key == b.key
+                        for a, b in zip(r.model, r.kernel, strict=True)
+                    )
                 ):
                     r.status = "by-design"
                     r.reason = "jump width follows the kernel's layout (code removed or inlined)"
@@ -563,7 +577,9 @@ def side_by_side(report: Report, width: int = 160) -> str:
             out.append(f"   ({f.skipped})")
         for r in f.regions:
             mark = {"same": " ", "by-design": "~", "differs": "!"}[r.status]
-            head = r.bpf if r.kind == "insn" else f"{r.kind}: {r.bpf}" if r.pc is not None else r.kind
+            head = (
+                r.bpf if r.kind == "insn" else f"{r.kind}: {r.bpf}" if r.pc is not None else r.kind
+            )
             why = f"  <- {r.reason}" if r.reason else ""
             pc = f"{r.pc}: " if r.pc is not None else ""
             out.append(f"{mark} ; {pc}{head}  [{r.category}]{why}")
@@ -596,9 +612,7 @@ def kernel_system(engine, case: Case) -> tuple[NativeSystem | None, dict[str, se
         first = (ans.detail or ans.log or ans.status).strip().splitlines()
         return None, {}, f"kernel {ans.status}: {first[0] if first else ''}"
     dead = {
-        name: {
-            f.start_pc + d for f in pi.funcs for d, a in enumerate(f.insn_addrs) if a is None
-        }
+        name: {f.start_pc + d for f in pi.funcs for d, a in enumerate(f.insn_addrs) if a is None}
         for name, pi in ans.image.progs.items()
     }
     try:
@@ -664,7 +678,9 @@ class Tally:
             f"{'differs':>8} {'identical%':>11} {'same+design%':>13}"
         )
         order = {c: i for i, c in enumerate(CATEGORIES)}
-        for (cat, role), c in sorted(self.regions.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+        for (cat, role), c in sorted(
+            self.regions.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])
+        ):
             n = sum(c.values())
             out.append(
                 f"{cat:12} {role:13} {n:8} {c['same']:7} {c['by-design']:10} {c['differs']:8} "

@@ -1,0 +1,88 @@
+"""The command line: bad input is one line on stderr and exit 2, never a
+traceback; results give 0 (clean) or 1 (divergence, failed expectation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+CORPUS = Path(__file__).resolve().parents[2] / "corpus"
+SELF_LOOP = str(CORPUS / "tail_calls" / "self_loop_33.case")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jitdiff: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_malformed_case_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.case"
+    bad.write_text("program p sched_cls\nmain:\n    r0 = 1\n    r0 +== 2\n    exit\n")
+    code, _, err = run(capsys, "run", str(bad))
+    assert code == 2
+    assert f"{bad}:4:" in one_line_error(err)
+
+
+def test_unknown_opcode_in_assembly(tmp_path, capsys):
+    bad = tmp_path / "op.case"
+    bad.write_text("program p sched_cls\nmain:\n    r0 = frob r1\n    exit\n")
+    code, _, err = run(capsys, "run", str(bad))
+    assert code == 2 and f"{bad}:3:" in one_line_error(err)
+
+
+def test_unknown_engine_profile_fault_and_missing_file(capsys):
+    code, _, err = run(capsys, "run", SELF_LOOP, "--engine", "arm64")
+    assert code == 2 and "unknown engine 'arm64'" in one_line_error(err)
+    code, _, err = run(capsys, "run", SELF_LOOP, "--engine", "x86_64+no-such-fault")
+    assert code == 2 and "no-such-fault" in one_line_error(err)
+    code, _, err = run(capsys, "run", SELF_LOOP, "--profile", "linux-2.6")
+    assert code == 2 and "unknown profile" in one_line_error(err)
+    code, _, err = run(capsys, "run", "/nonexistent/x.case")
+    assert code == 2 and "/nonexistent/x.case" in one_line_error(err)
+
+
+def test_run_passes_and_a_fault_is_a_divergence(capsys):
+    code, out, _ = run(capsys, "run", SELF_LOOP, "--engine", "x86_64")
+    assert code == 0 and "retval=1 tail_calls=33" in out
+    code, out, _ = run(capsys, "run", SELF_LOOP, "--engine", "x86_64+tcc-limit-32")
+    assert code == 1
+    # the divergence prints as a case file: it parses back as one
+    text = out[out.index("# DIVERGENCE") :]
+    from harness import casefile
+
+    case = casefile.parse(text)
+    assert case.steps[0].expect.tail_calls == 33
+
+
+def test_failed_expectation_exits_1(tmp_path, capsys):
+    case = tmp_path / "wrong.case"
+    case.write_text(
+        "program p sched_cls\nmain:\n    r0 = 1\n    exit\n\nrun p\n    expect retval 2\n"
+    )
+    code, out, _ = run(capsys, "run", str(case))
+    assert code == 1 and "retval 0x1, expected 0x2" in out
+
+
+def test_conformance_directory_missing(capsys):
+    code, _, err = run(capsys, "conformance", "/nonexistent")
+    assert code == 2 and "no such directory" in one_line_error(err)
+
+
+@pytest.mark.parametrize("verb", ["fuzz", "bench"])
+def test_unavailable_engine_is_refused_with_its_reason(verb, capsys, monkeypatch):
+    from harness import engines
+
+    monkeypatch.setattr(engines, "available", lambda name: "no bpf() here (test)")
+    code, _, err = run(capsys, verb, "--engine", "kernel")
+    assert code == 2 and "no bpf() here (test)" in one_line_error(err)
