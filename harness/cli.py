@@ -102,9 +102,15 @@ def cmd_run(args) -> int:
             status = 1
             if not args.json:
                 eng = next(e for e in runner.engines if e.name == name)
+                step = runner.pinpoint(case, name, d.run)
                 print(
                     report.render_divergence(
-                        case, name, d, res.reference.runs, cand_listing=eng.listing(case)
+                        case,
+                        name,
+                        d,
+                        res.reference.runs,
+                        cand_listing=eng.listing(case),
+                        step=step,
                     )
                 )
     if args.json:
@@ -125,7 +131,23 @@ def cmd_conformance(args) -> int:
 
 def cmd_show(args) -> int:
     case = casefile.load(args.case)
-    for name in _engines(args):
+    names = _engines(args)
+    if sorted(names) == ["kernel", "x86_64"] and not args.sequential:
+        # model and kernel side by side, differences marked (harness.fidelity)
+        from harness.fidelity import compare, kernel_system, side_by_side
+        from harness.jit import compile_system
+
+        kern = engines.get("kernel", _profile(args))
+        try:
+            native, dead, why = kernel_system(kern, case)
+        finally:
+            kern.close()
+        if native is None:
+            raise JitdiffError(f"no kernel listing: {why}")
+        model = compile_system(case, _profile(args))
+        print(side_by_side(compare(case, model, native, dead=dead), width=args.width), end="")
+        return 0
+    for name in names:
         eng = engines.get(name, _profile(args))
         print(f"==== {name}")
         print(eng.listing(case))
@@ -246,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
 
     sp = sub.add_parser("show", help="print an engine's listing with BPF interleaved")
     sp.add_argument("case")
+    sp.add_argument("--width", type=int, default=160, help="side-by-side listing width")
+    sp.add_argument(
+        "--sequential",
+        action="store_true",
+        help="with --engine x86_64 --engine kernel: one listing after the other",
+    )
     common(sp)
     sp.set_defaults(fn=cmd_show)
 

@@ -409,6 +409,59 @@ def _cut(case: Case, prog, f: NativeFunc, names: _Names) -> _Cut:
 # --- comparison ----------------------------------------------------------------
 
 
+def _resplit(mc: _Cut, kc: _Cut) -> bool:
+    """Move the kernel's uncertain region boundaries onto the model's.
+
+    The kernel reports no address for a function's first instruction (its
+    line record names the function start; the kernel engine infers the
+    prologue's end), and none for an instruction it removed or whose record
+    it overwrote (6.18 fills the first records of a program with a hidden
+    exception callback from that callback's image). A boundary next to such
+    an instruction is uncertain: over each run of regions joined by uncertain
+    boundaries, when the kernel's code is the model's, split it as the model
+    does; otherwise greedily, region by region, while the kernel's code starts
+    with the model's (an empty kernel region stays empty). True if anything
+    moved."""
+    labels = kc.order
+    first = labels[1] if len(labels) > 1 else None
+
+    def empty(lab: str) -> bool:
+        return not kc.lines[lab]
+
+    groups: list[list[str]] = []
+    for i, lab in enumerate(labels):
+        uncertain = i > 0 and (lab == first or empty(lab) or empty(labels[i - 1]))
+        if uncertain:
+            groups[-1].append(lab)
+        else:
+            groups.append([lab])
+    moved = False
+    for g in groups:
+        if len(g) < 2:
+            continue
+        klines = [x for lab in g for x in kc.lines[lab]]
+        take: list[int] = []
+        rest = [x.key for x in klines]
+        for lab in g:
+            want = [x.key for x in mc.lines.get(lab, [])]
+            if rest[: len(want)] == want:
+                take.append(len(want))
+                rest = rest[len(want) :]
+            elif empty(lab):
+                take.append(0)
+            else:
+                break
+        if len(take) != len(g) or rest:
+            continue
+        at = 0
+        for lab, n in zip(g, take, strict=True):
+            new = klines[at : at + n]
+            moved |= new != kc.lines[lab]
+            kc.lines[lab] = new
+            at += n
+    return moved
+
+
 def _calls(lines: list[Line], target: str) -> bool:
     return any(x.mnemonic == "call" and x.norm == f"call {target}" for x in lines)
 
@@ -497,6 +550,12 @@ def compare(
             if kf.address >= _STANDIN_BASE:
                 fr.skipped = "kernel side is the engine's stand-in (6.18 reports no image for it)"
             mc, kc = _cut(case, mp, mf, mnames), _cut(case, kp, kf, knames)
+            if _resplit(mc, kc):
+                notes.add(
+                    f"{pname}:{mf.name}: region boundaries the kernel does not report "
+                    "(prologue end, removed instructions) taken from the model where the "
+                    "code agrees"
+                )
             insns = dict(_insns(case, pname, mf))
             pdead = dead.get(pname, set()) if dead is not None else None
             layout_changed = False
@@ -743,7 +802,7 @@ def measure(
                 continue
             kernel, dead, why = kernel_system(engine, case)
             if kernel is None:
-                tally.skipped[why.split(":")[0]] += 1
+                tally.skipped[why[:90]] += 1
                 continue
             report = compare(case, model, kernel, dead=dead)
             tally.add(seed, report)

@@ -184,8 +184,12 @@ def _worker(w: int, camp: Campaign, out: mp.Queue, stop) -> None:
                     listing = eng.listing(small)
                 except Exception:  # a listing is a courtesy; never lose a finding to it
                     listing = ""
+                try:
+                    step = runner.pinpoint(small, engine, dd.run)
+                except Exception:  # lockstep is a courtesy too
+                    step = None
                 text = report.render_divergence(
-                    small, engine, dd, sres.reference.runs, cand_listing=listing
+                    small, engine, dd, sres.reference.runs, cand_listing=listing, step=step
                 )
                 insns, progs = _size(small)
                 out.put(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 
 from harness import casefile
-from harness.outcome import RunOutcome, Status
+from harness.outcome import Event, RunOutcome, Status
 from harness.system import Case, Expect
 from oracles import Divergence
 
@@ -44,16 +44,24 @@ def with_expectations(case: Case, runs: list[RunOutcome]) -> Case:
 
 
 def excerpt(listing: str, where, context: int = 12) -> list[str]:
-    """The lines of a listing around the BPF instruction ``where`` names."""
+    """The lines of a listing around the BPF instruction ``where`` names (the
+    listings print a ``PROG func N NAME @ addr`` header per function and a
+    ``; PC: insn`` line before each instruction's native code)."""
     lines = listing.splitlines()
     if where is None or not lines:
         return lines[: 2 * context]
-    hit = None
-    for i, line in enumerate(lines):
-        if line.startswith(f"{where.prog}:{where.func}") or f" {where.pc}:" in line:
-            hit = i
-    if hit is None:
-        return lines[: 2 * context]
+    start = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if line.lstrip().startswith(f"{where.prog} func ") and f" {where.func} " in line
+        ),
+        0,
+    )
+    hit = next(
+        (i for i in range(start, len(lines)) if lines[i].lstrip().startswith(f"; {where.pc}:")),
+        start,
+    )
     return lines[max(0, hit - context) : hit + context]
 
 
@@ -64,6 +72,7 @@ def render_divergence(
     ref_runs: list[RunOutcome],
     ref_listing: str = "",
     cand_listing: str = "",
+    step: tuple[Event | None, Event | None] | None = None,
 ) -> str:
     head = [
         f"DIVERGENCE: {engine} vs interp, oracle {d.oracle}, run {d.run}",
@@ -71,9 +80,18 @@ def render_divergence(
         f"  interp:  {d.expected!r}",
         f"  {engine}: {d.actual!r}",
     ]
+    where = d.where
+    if step is not None:
+        a, b = step
+        where = (a or b).where
+        head += [
+            f"first differing BPF instruction (lockstep): {where}",
+            f"  interp  r0-r10: {a.data if a else 'not reached'}",
+            f"  {engine} r0-r10: {b.data if b else 'not reached'}",
+        ]
     if cand_listing:
         head += ["", f"{engine} listing around it:"]
-        head += ["  " + line for line in excerpt(cand_listing, d.where)]
+        head += ["  " + line for line in excerpt(cand_listing, where)]
     if ref_listing:
         head += ["", "interp (BPF) around it:"]
         head += ["  " + line for line in excerpt(ref_listing, d.where)]

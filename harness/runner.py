@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness import engines
-from harness.outcome import CaseOutcome, RunOutcome, Status
+from harness.outcome import CaseOutcome, Event, RunOutcome, Status
 from harness.profile import LINUX, Profile
 from harness.system import Case
-from oracles import Divergence, Verdict, compare_case
+from oracles import Divergence, Verdict, compare_case, first_difference
 
 __all__ = ["Runner", "Result", "expectation_failures", "REFERENCE_BUDGET", "native_budget"]
 
@@ -65,6 +65,25 @@ class Runner:
             v, d = compare_case(ref.runs, out.runs)
             result.candidates[eng.name] = (v, d, out)
         return result
+
+    def pinpoint(
+        self, case: Case, engine: str, run: int
+    ) -> tuple[Event | None, Event | None] | None:
+        """Re-run one divergent case in lockstep (every BPF instruction
+        recorded on both sides) and return the first differing instruction of
+        run ``run``: the slow, precise step done once a divergence is known."""
+        eng = next(e for e in self.engines if e.name == engine)
+        ref = self.reference.run(case, budget=REFERENCE_BUDGET, lockstep=True)
+        steps = max((r.steps for r in ref.runs), default=0)
+        out = eng.run(case, budget=native_budget(steps), lockstep=True)
+        if run >= len(ref.runs) or run >= len(out.runs):
+            return None
+        a = [e for e in ref.runs[run].events if e.kind == "step"]
+        b = [e for e in out.runs[run].events if e.kind == "step"]
+        k = first_difference(a, b)
+        if k is None:
+            return None
+        return (a[k] if k < len(a) else None, b[k] if k < len(b) else None)
 
     def close(self) -> None:
         for e in self.engines:
