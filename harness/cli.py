@@ -172,6 +172,7 @@ def cmd_fuzz(args) -> int:
         shrink=not args.no_shrink,
         stop_on_first=args.stop_on_first,
         progress=True,
+        report_known=args.report_known,
     )
     summary = run_campaign(camp)
     print(summary.render())
@@ -186,7 +187,9 @@ def cmd_replay(args) -> int:
         f
         for p in paths
         for f in ([p] if p.is_file() else p.rglob("*.case"))
-        if "crashes" not in f.parts
+        # crashes/ and kernel-findings/ diverge on purpose (kernel bugs); a
+        # file named explicitly is always replayed
+        if p.is_file() or not {"crashes", "kernel-findings"} & set(f.parts)
     )
     if not files:
         raise JitdiffError(f"no case files under {', '.join(map(str, paths))}")
@@ -286,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--no-save", action="store_true", help="print divergences only")
     sp.add_argument("--no-shrink", action="store_true")
     sp.add_argument("--stop-on-first", action="store_true")
+    sp.add_argument(
+        "--report-known",
+        action="store_true",
+        help="report documented kernel behaviour (harness/known.py) as divergences",
+    )
     common(sp)
     sp.set_defaults(fn=cmd_fuzz)
 

@@ -80,6 +80,8 @@ R, W, X = ucc.UC_PROT_READ, ucc.UC_PROT_WRITE, ucc.UC_PROT_EXEC
 #: start of the executor's own area; a system that maps anything here is refused
 HARNESS_AREA = 0xFFFF_C900_0000_0000
 HARNESS_AREA_END = HARNESS_AREA + 0x10_0000
+#: the x86-64 kernel's task stack (THREAD_SIZE without KASAN): BPF programs
+#: run on it, so a deeper native stack is a kernel stack overflow
 STACK_SIZE = 0x4000
 #: the host stack: [STACK_BASE, STACK_TOP), guard pages unmapped on both sides
 STACK_BASE = HARNESS_AREA + 0x1_0000
@@ -811,6 +813,13 @@ class Executor:
             out.where = self._where_of_fault(rip, regs_now)
             name = _UC_ERR_NAMES.get(err, str(err))
             out.detail = f"{name}: {UcError(err)} at {rip:#x}"
+            if regs_now[RSP] < STACK_BASE + 256:
+                # the guard page below the stack: the kernel's THREAD_SIZE
+                # stack would have overflowed too (a guard-page oops)
+                out.detail = (
+                    f"kernel stack overflow: more than {STACK_SIZE} bytes of stack "
+                    f"({name} at {rip:#x}, rsp {regs_now[RSP]:#x})"
+                )
             if self._bad_vaddr is not None:
                 out.detail += f" (non-canonical address {self._bad_vaddr:#x})"
         elif rip == SENTINEL:

@@ -45,7 +45,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness import isa
 from harness.helpers import BPF_THROW, TAIL_CALL
@@ -674,8 +674,15 @@ def kernel_system(engine, case: Case) -> tuple[NativeSystem | None, dict[str, se
         name: {f.start_pc + d for f in pi.funcs for d, a in enumerate(f.insn_addrs) if a is None}
         for name, pi in ans.image.progs.items()
     }
+    image = ans.image
+    thunks = [a for a, n in image.symbols.items() if n.endswith("return_thunk")]
+    if len(thunks) == 1 and image.return_thunk != thunks[0]:
+        # the engine takes the return thunk to be the commonest final jmp
+        # target; when most images end otherwise (in a throw, in a jump to
+        # their own epilogue) that guess misses, but the name does not
+        image = replace(image, return_thunk=thunks[0])
     try:
-        native, _ = build_native(case, ans.image, engine._offset(ans.image, case))
+        native, _ = build_native(case, image, engine._offset(image, case))
     except NotReplayable as e:
         return None, dead, f"not replayable: {e}"
     return native, dead, ""
@@ -720,10 +727,10 @@ class Tally:
                     entry[1:] = [seed, size, f"{f.prog}:{f.name} {r.label}: {r.reason}"]
 
     def render(self) -> str:
+        skipped = "".join(f", {v} skipped ({k})" for k, v in self.skipped.most_common())
         out = [
-            f"systems: {self.compared} compared, "
-            + ", ".join(f"{v} skipped ({k})" for k, v in self.skipped.most_common())
-            + f"; {self.seconds:.0f} s"
+            f"systems: {len(self.seeds)} seeds, {self.compared} compared{skipped}; "
+            f"{self.seconds:.0f} s"
         ]
         if self.compared:
             out.append(

@@ -25,6 +25,7 @@ from generators.config import Config
 from generators.draw import ChoiceDraw, RandomDraw
 from generators.systems import build_system
 from harness import casefile, report
+from harness.known import known
 from harness.profile import Profile
 from harness.reduce import reduce_case
 from harness.runner import Runner
@@ -58,6 +59,8 @@ class Campaign:
     shrink: bool = True
     stop_on_first: bool = False
     progress: bool = False
+    #: report divergences listed in harness.known like new ones
+    report_known: bool = False
 
 
 @dataclass
@@ -79,6 +82,8 @@ class Summary:
     seconds: float = 0.0
     findings: list[Finding] = field(default_factory=list)
     duplicates: int = 0
+    #: documented kernel behaviour seen again (harness.known), by signature
+    known: Counter = field(default_factory=Counter)
     poisoned: Counter = field(default_factory=Counter)
     coverage: Counter = field(default_factory=Counter)
 
@@ -89,6 +94,8 @@ class Summary:
             f"{len(self.findings)} divergences ({self.duplicates} duplicates), "
             f"{sum(self.poisoned.values())} poisoned"
         ]
+        for sig, n in self.known.most_common():
+            lines.append(f"  known  {n:8d}  {sig} (see {known(sig)})")
         for why, n in self.poisoned.most_common(6):
             lines.append(f"  poisoned {n:6d}  {why}")
         if self.coverage:
@@ -171,6 +178,9 @@ def _worker(w: int, camp: Campaign, out: mp.Queue, stop) -> None:
             cov.update(shape_coverage(case, res.reference.runs))
             for engine, d in res.divergences:
                 sig = signature(engine, d)
+                if not camp.report_known and known(d.signature()):
+                    out.put(("known", d.signature()))
+                    continue
                 if sig in seen:
                     out.put(("dup", w))
                     continue
@@ -248,6 +258,8 @@ def run_campaign(camp: Campaign, *, stream=sys.stderr) -> Summary:
             summary.poisoned.update(poisoned)
         elif kind == "dup":
             summary.duplicates += 1
+        elif kind == "known":
+            summary.known[msg[1]] += 1
         elif kind == "finding":
             f = msg[1]
             if f.signature in sigs:

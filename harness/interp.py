@@ -68,13 +68,16 @@ class Layout:
     """The interpreter's own address space. Native engines use kernel-like
     addresses instead; events are compared after symbolisation, never raw."""
 
-    CTX = 0x0000_1000_0000_0000
-    STACK = 0x0000_2000_0000_0000  # frame d's fp = STACK + (d + 1) * FRAME_SPAN
+    # Irregular bases: a scalar the program computes (a shifted constant, say)
+    # must not land on one of these by chance and be taken for a pointer; round
+    # bases like 0x1000_0000_0000 were hit by the fuzzer within minutes.
+    CTX = 0x0000_5A3C_91E7_4D00
+    STACK = 0x0000_6B2D_C3A5_0000  # frame d's fp = STACK + (d + 1) * FRAME_SPAN
     FRAME_SPAN = 0x1_0000
-    MAPS = 0x0000_3000_0000_0000  # map i object at MAPS + i * MAP_SPAN
+    MAPS = 0x0000_7C4E_B5D3_0000  # map i object at MAPS + i * MAP_SPAN
     MAP_SPAN = 0x100_0000
     VALUES = 0x1000  # values start this far past the map object
-    FUNCS = 0x0000_4000_0000_0000  # pseudo-func addresses (opaque)
+    FUNCS = 0x0000_4E1F_A7C9_0000  # pseudo-func addresses (opaque)
 
 
 def frame_pointer(depth: int) -> int:

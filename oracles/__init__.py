@@ -63,7 +63,9 @@ def compare(
             ref.status.value,
             cand.status.value,
             cand.where,
-            f"{why}: {cand.detail}".rstrip(": "),
+            # the candidate's own words first: they name the kind of failure
+            # (and so the divergence signature), e.g. "kernel stack overflow"
+            f"{cand.detail} ({why})" if cand.detail else why,
         )
     for _, check in oracles or ORACLES:
         d = check(i, ref, cand)

@@ -327,7 +327,7 @@ class Worker:
     def submit(self, job: Job) -> Answer:
         """Run one job in the child; a crash comes back as ``status="crashed"``."""
         if not job.allow_known_crashes:
-            why = known_crash(job.case)
+            why = known_crash(job.case) or (job.native and known_crash(job.case, when="run"))
             if why:
                 return Answer("unsupported", why)
         self.start()

@@ -33,11 +33,12 @@ def kernel():
     eng.close()
 
 
-def _report(kernel, path: str, variant: Variant = Variant()) -> fidelity.Report:
+def _report(kernel, path: str, variant: Variant | None = None) -> fidelity.Report:
     case = casefile.load(CORPUS / path)
     native, dead, why = fidelity.kernel_system(kernel, case)
     assert native is not None, why
-    return fidelity.compare(case, compile_system(case, variant=variant), native, dead=dead)
+    model = compile_system(case, variant=variant or Variant())
+    return fidelity.compare(case, model, native, dead=dead)
 
 
 @pytest.mark.parametrize("path", CLAIMED)
