@@ -46,7 +46,7 @@ from harness.helpers import HELPER_IDS, KFUNC_IDS, TAIL_CALL
 from harness.image import NativeFunc, NativeProg, NativeSystem
 from harness.isa import Insn
 from harness.kernel import bpf
-from harness.kernel.loader import SystemImage
+from harness.kernel.loader import UNKNOWN_ADDRESS, SystemImage
 from harness.kernel.worker import Answer, Job, Worker, failed_runs
 from harness.outcome import CaseOutcome, RunOutcome, Status
 from harness.profile import LINUX, Profile
@@ -223,6 +223,10 @@ def _default_callback(start_pc: int, return_thunk: int, taken: list[int]) -> Nat
     )
 
 
+def _is_call(insn: Insn) -> bool:
+    return insn.opcode == isa.JMP | isa.CALL
+
+
 def _dead_to_nop(prog: Program, dead: set[int]) -> Program:
     if not dead:
         return prog
@@ -268,6 +272,15 @@ def build_native(
                 if ia[d] is None:
                     ia[d] = nxt
                     dead.add(f.start_pc + d)
+                elif ia[d] == UNKNOWN_ADDRESS:
+                    pc = f.start_pc + d
+                    if _is_call(prog.insns[pc]) or (pc and _is_call(prog.insns[pc - 1])):
+                        raise NotReplayable(
+                            f"{pname}: the kernel's line info gives no address for pc {pc}, "
+                            "a call or return site (hidden-subprogram records, "
+                            "docs/kernel-findings.md)"
+                        )
+                    ia[d] = nxt  # only lockstep steps are placed there
                 else:
                     nxt = ia[d]
             # the first line record names the function start; the first

@@ -32,10 +32,11 @@ from harness.kernel.btf import LINKAGE_GLOBAL, LINKAGE_STATIC, ProgramBtf, line_
 from harness.kernel.btf import func_id as _kfunc_btf_id
 from harness.kernel.btf import kernel_layout as _kernel_layout
 from harness.kernel.crashes import known_crash
-from harness.kernel.kallsyms import jmp_rel32_target, kallsyms
+from harness.kernel.kallsyms import kallsyms
 from harness.system import Case, Program
 
 __all__ = [
+    "UNKNOWN_ADDRESS",
     "PROG_TYPE_IDS",
     "KnownKernelBug",
     "Rejected",
@@ -205,6 +206,11 @@ def _load_order(case: Case) -> list[str]:
     return order
 
 
+#: insn_addrs entry for a live instruction whose line record is wrong (None
+#: means the verifier removed the instruction)
+UNKNOWN_ADDRESS = -1
+
+
 def _sweep(code: bytes, address: int):
     from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
@@ -357,15 +363,19 @@ class LoadedSystem:
 
         ks = kallsyms()
         symbols: dict[int, str] = {}
-        # the return thunk: the external target most images end by jumping to
-        # (an image may end in a jump inside itself, or in a call to bpf_throw)
-        ends: Counter = Counter()
+        # the return thunk: the external target of the `jmp` that follows
+        # `leave` in every epilogue (an image may end in a jump inside itself,
+        # or in a call to bpf_throw, so the last instruction is not enough)
+        after_leave: Counter = Counter()
         for pi in progs.values():
             for f in pi.funcs:
-                t = jmp_rel32_target(f.code, f.address)
-                if t is not None and not internal(t):
-                    ends[t] += 1
-        thunk = ends.most_common(1)[0][0] if ends else 0
+                prev = None
+                for _addr, _size, mnem, ops in _sweep(f.code, f.address):
+                    t = _imm_target(ops) if mnem == "jmp" and prev == "leave" else None
+                    if t is not None and not internal(t):
+                        after_leave[t] += 1
+                    prev = mnem
+        thunk = after_leave.most_common(1)[0][0] if after_leave else 0
         for pi in progs.values():
             for f in pi.funcs:
                 for _addr, _size, mnem, ops in _sweep(f.code, f.address):
@@ -395,11 +405,12 @@ class LoadedSystem:
             for pc in _slot_starts(insns[start:end]):
                 recs = addrs_of_pc.get(start + pc, ())
                 inside = [a for a in recs if address <= a <= address + len(code)]
-                if not inside and pc == 0 and recs:
-                    # a function's first record names its start; with a hidden
-                    # subprogram 6.18 reports another image's address there
-                    # (docs/kernel-findings.md)
-                    inside = [address]
+                if not inside and recs:
+                    # with a hidden subprogram 6.18 reports other images'
+                    # addresses in the program's first records
+                    # (docs/kernel-findings.md): a function's first record
+                    # names its start anyway; any other is unknown, not dead
+                    inside = [address] if pc == 0 else [UNKNOWN_ADDRESS]
                 addrs.append(inside[0] if inside else None)
                 if insns[start + pc].opcode == isa.LD_IMM64:
                     addrs.append(addrs[-1])  # the second slot repeats the first
