@@ -368,6 +368,8 @@ class _Run:
     stop: tuple[Status, Where | None, str] | None = None
     mem_violations: int = 0
     blocks_insns: int = 0
+    #: lowest rsp seen at a function entry (the deepest native call chain)
+    low_rsp: int = 1 << 64
 
 
 _MAX_MEM_VIOLATIONS = 16
@@ -805,6 +807,7 @@ class Executor:
         regs_now = raw.regs()
         rip = regs_now[RIP]
         out = RunOutcome(Status.OK, tail_calls=run.tail_calls, events=run.events)
+        out.native_stack = max(0, STACK_TOP - run.low_rsp) if run.low_rsp < STACK_TOP else 0
         out.violations = run.violations
         if run.stop is not None:
             out.status, out.where, out.detail = run.stop
@@ -1026,6 +1029,7 @@ class Executor:
 
     def _on_entry(self, run: _Run, regs: list[int], address: int, fi: _FuncInfo) -> None:
         rsp = regs[RSP]
+        run.low_rsp = min(run.low_rsp, rsp)
         if run.pending_call is not None:
             rec, run.pending_call = run.pending_call, None
             rec.call_sp = rsp + 8

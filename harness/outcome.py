@@ -95,6 +95,9 @@ class RunOutcome:
     #: "events" (no trace), "retval_high32" (only a u32 comes back, as from
     #: BPF_PROG_TEST_RUN), "helper:<id>" (that helper leaves no event)
     unobserved: frozenset[str] = frozenset()
+    #: native engines: bytes of host stack in use at the deepest function
+    #: entry (the callee's own frame comes on top)
+    native_stack: int = 0
 
     @property
     def ok(self) -> bool:

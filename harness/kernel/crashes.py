@@ -58,7 +58,23 @@ def _kernel_stack_overflow(case: Case) -> str | None:
     for out in engine.run(case, budget=2_000_000).runs:
         if "kernel stack overflow" in out.detail:
             return f"the x86-64 model needs more than the kernel's stack at {out.where}"
+        # the kernel's own path to the program (syscall entry, pt_regs,
+        # bpf_prog_test_run...) and the deepest callee's frame (up to 512
+        # bytes of BPF stack plus the JIT's saves) also live on that stack:
+        # refuse well before the model itself overflows
+        if out.native_stack + _DEEPEST_FRAME + _KERNEL_PATH > 16 * 1024:
+            return (
+                f"the x86-64 model uses {out.native_stack} bytes of native stack; with the "
+                "kernel's own call path that is too close to the 16 KiB task stack"
+            )
     return None
+
+
+#: a callee's frame at most: 512 bytes of BPF stack, rbp, return address, two
+#: counter slots, five callee-saved registers
+_DEEPEST_FRAME = 512 + 8 * 9
+#: generous room for the kernel's path from the syscall to the program
+_KERNEL_PATH = 4096
 
 
 _model_engine: dict = {}
