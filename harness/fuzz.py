@@ -125,7 +125,9 @@ def check_one(runner: Runner, case: Case):
     for name, (v, _, out) in res.candidates.items():
         if v is Verdict.POISONED:
             reasons = {verdict(a, b)[1] for a, b in zip(res.reference.runs, out.runs)} - {""}
-            poisoned.append(f"{name}: {sorted(reasons)[0] if reasons else 'poisoned'}")
+            why = sorted(reasons)[0] if reasons else "poisoned"
+            # group by kind: "unsupported: known kernel crash NAME", not its details
+            poisoned.append(f"{name}: {': '.join(why.split(': ')[:2])}")
     return res, poisoned
 
 
