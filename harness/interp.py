@@ -620,6 +620,10 @@ class Interpreter:
         return None
 
     def _throw(self, run: _Run, f: Frame, cookie: int) -> int | None:
+        if isinstance(self.symbolize(cookie), tuple):
+            # the kfunc's argument is a scalar (the verifier rejects a pointer),
+            # and an address returned as the cookie differs between engines
+            raise Invalid("bpf_throw: R1 must be a scalar cookie")
         run.events.append(Event("throw", f.where(), (cookie,)))
         # the boundary: the innermost frame running some program's main
         while run.frames[-1].func_start != 0:
