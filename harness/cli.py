@@ -36,7 +36,7 @@ def _available(names: list[str], *, skip: bool = False) -> list[str]:
         if why and not skip:
             raise JitdiffError(f"engine {n} is unavailable: {why}")
         if why:
-            print(f"skipping engine {n}: {why}")
+            print(f"skipping engine {n}: {why}", file=sys.stderr)
         else:
             usable.append(n)
     return usable
@@ -158,7 +158,10 @@ def cmd_show(args) -> int:
 def cmd_fuzz(args) -> int:
     from harness.fuzz import Campaign, default_workers, run_campaign
 
-    names = tuple(_available(_engines(args)))
+    # an engine that cannot run here is skipped with its reason; the others run
+    names = tuple(_available(_engines(args), skip=True))
+    if not names:
+        raise JitdiffError("no usable engine (see the reasons above)")
     if args.time is None and args.examples is None:
         args.time = 60.0
     camp = Campaign(

@@ -79,10 +79,38 @@ def test_conformance_directory_missing(capsys):
     assert code == 2 and "no such directory" in one_line_error(err)
 
 
-@pytest.mark.parametrize("verb", ["fuzz", "bench"])
-def test_unavailable_engine_is_refused_with_its_reason(verb, capsys, monkeypatch):
+def test_unavailable_engine_is_refused_with_its_reason(capsys, monkeypatch):
     from harness import engines
 
     monkeypatch.setattr(engines, "available", lambda name: "no bpf() here (test)")
-    code, _, err = run(capsys, verb, "--engine", "kernel")
+    code, _, err = run(capsys, "bench", "--engine", "kernel")
     assert code == 2 and "no bpf() here (test)" in one_line_error(err)
+
+
+def test_fuzz_skips_an_unusable_engine_and_runs_the_others(capsys, monkeypatch):
+    from harness import engines
+
+    real = engines.available
+    monkeypatch.setattr(
+        engines,
+        "available",
+        lambda name: "no bpf() here (test)" if name == "kernel" else real(name),
+    )
+    code, out, err = run(
+        capsys,
+        "fuzz",
+        "--engine",
+        "kernel",
+        "--engine",
+        "x86_64",
+        "--examples",
+        "4",
+        "--workers",
+        "1",
+        "--no-save",
+    )
+    assert code == 0
+    assert "skipping engine kernel: no bpf() here (test)" in err
+    assert "4 cases" in out
+    code, _, err = run(capsys, "fuzz", "--engine", "kernel", "--examples", "1", "--no-save")
+    assert code == 2 and "no usable engine" in err
