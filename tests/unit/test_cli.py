@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from harness.cli import main
 
 CORPUS = Path(__file__).resolve().parents[2] / "corpus"
