@@ -8,6 +8,7 @@ reproducer is and which oracle fired.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -80,7 +81,8 @@ def scoreboard(
             stop_on_first=True,
             profile=profile,
         )
-        summary = run_campaign(camp, stream=open("/dev/null", "w"))  # noqa: SIM115
+        with open(os.devnull, "w") as quiet:  # the scoreboard is the output
+            summary = run_campaign(camp, stream=quiet)
         f = summary.findings[0] if summary.findings else None
         score = Score(
             spec,
