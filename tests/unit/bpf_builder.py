@@ -1,8 +1,11 @@
-"""A tiny BPF builder for the JIT model's tests: each function returns a list
-of instruction slots, so programs read as concatenations."""
+"""A tiny BPF builder for the JIT model's tests (each function returns a list
+of instruction slots, so programs read as concatenations), and the check of
+compiled bytes against an expected listing with relocations."""
 
 from harness import isa
+from harness.image import NativeSystem
 from harness.isa import Insn
+from harness.jit.x86_64 import THIS_CPU_OFF, symbol_address
 from harness.system import Program
 
 
@@ -57,3 +60,61 @@ def exit_():
 def prog(name, *parts, type="sched_cls", labels=None, cb=None):
     insns = [i for p in parts for i in p]
     return Program(name, type, insns, labels or {}, cb)
+
+
+# ---- expected bytes with relocations --------------------------------------------------
+
+
+def resolve(system: NativeSystem, sym: str) -> int:
+    """The address a relocation names: ``func:PROG:K``, ``entry:PROG`` (tail-call
+    entry), ``map:NAME``, ``privfp:K`` (frame pointer of private-stack region K),
+    ``this_cpu_off`` or an external symbol, optionally ``+N``/``-N``."""
+    adj = 0
+    for sign in "+-":
+        if sign in sym.split(":")[-1]:
+            sym, _, n = sym.rpartition(sign)
+            adj = int(n, 0) * (1 if sign == "+" else -1)
+    kind, _, rest = sym.partition(":")
+    if kind == "func":
+        p, k = rest.split(":")
+        value = system.progs[p].funcs[int(k)].address
+    elif kind == "entry":
+        value = system.progs[rest].tail_call_entry
+    elif kind == "map":
+        value = system.maps[rest]
+    elif kind == "privfp":
+        base, size = system.percpu_regions[int(rest)]
+        value = base + size - 8
+    elif sym == "this_cpu_off":
+        value = THIS_CPU_OFF
+    else:
+        value = symbol_address(sym)
+    return value + adj
+
+
+def expect_code(system: NativeSystem, prog: str, func: int, spec: str) -> None:
+    """The function's code is exactly ``spec``: hex items, where ``{rel:SYM}``
+    is a rel32 to SYM and ``{abs:SYM}``/``{abs32:SYM}`` an 8/4-byte address."""
+    f = system.progs[prog].funcs[func]
+    code, pos = f.code, 0
+    for n, line in enumerate(spec.split()):
+        hexpart, _, reloc = line.partition("{")
+        raw = bytes.fromhex(hexpart)
+        assert code[pos : pos + len(raw)] == raw, (
+            f"{prog}:{func} item {n} ({line}) at +{pos:#x}: got {code[pos : pos + 12].hex()}"
+        )
+        pos += len(raw)
+        if reloc:
+            kind, _, sym = reloc.rstrip("}").partition(":")
+            value = resolve(system, sym)
+            if kind == "rel":
+                got = int.from_bytes(code[pos : pos + 4], "little", signed=True)
+                assert f.address + pos + 4 + got == value, f"item {n}: rel32 not to {sym}"
+                pos += 4
+            elif kind == "abs":
+                assert int.from_bytes(code[pos : pos + 8], "little") == value, f"item {n}"
+                pos += 8
+            else:
+                assert int.from_bytes(code[pos : pos + 4], "little") == value & 0xFFFFFFFF
+                pos += 4
+    assert pos == len(code), f"{prog}:{func}: {len(code) - pos} extra bytes {code[pos:].hex()}"

@@ -28,6 +28,7 @@ from bpf_builder import (
     alur,
     call,
     exit_,
+    expect_code,
     jmp,
     kfunc,
     ld_map,
@@ -49,7 +50,6 @@ from harness.jit.x86_64 import (
     apply_patches,
     compile_system,
     poke_transition,
-    symbol_address,
 )
 from harness.system import Case, MapDef, Program
 
@@ -61,51 +61,6 @@ def ret(name, value):
 JT = MapDef("jt", "prog_array", 4)
 
 # ---- expected-bytes matcher: hex, with {rel:SYM[+-N]} / {abs:SYM} relocations ---------
-
-
-def resolve(system: NativeSystem, sym: str) -> int:
-    adj = 0
-    for sign in "+-":
-        if sign in sym.split(":")[-1]:
-            sym, _, n = sym.rpartition(sign)
-            adj = int(n, 0) * (1 if sign == "+" else -1)
-    kind, _, rest = sym.partition(":")
-    if kind == "func":
-        p, k = rest.split(":")
-        value = system.progs[p].funcs[int(k)].address
-    elif kind == "entry":
-        value = system.progs[rest].tail_call_entry
-    elif kind == "map":
-        value = system.maps[rest]
-    elif kind == "privfp":
-        base, size = system.percpu_regions[int(rest)]
-        value = base + size - 8
-    else:
-        value = symbol_address(sym)
-    return value + adj
-
-
-def expect_code(system: NativeSystem, prog: str, func: int, spec: str) -> None:
-    f = system.progs[prog].funcs[func]
-    code, pos = f.code, 0
-    for n, line in enumerate(spec.split()):
-        hexpart, _, reloc = line.partition("{")
-        raw = bytes.fromhex(hexpart)
-        assert code[pos : pos + len(raw)] == raw, (
-            f"{prog}:{func} item {n} ({line}) at +{pos:#x}: got {code[pos : pos + 12].hex()}"
-        )
-        pos += len(raw)
-        if reloc:
-            kind, _, sym = reloc.rstrip("}").partition(":")
-            value = resolve(system, sym)
-            if kind == "rel":
-                got = int.from_bytes(code[pos : pos + 4], "little", signed=True)
-                assert f.address + pos + 4 + got == value, f"item {n}: rel32 not to {sym}"
-                pos += 4
-            else:
-                assert int.from_bytes(code[pos : pos + 8], "little") == value, f"item {n}"
-                pos += 8
-    assert pos == len(code), f"{prog}:{func}: {len(code) - pos} extra bytes {code[pos:].hex()}"
 
 
 def compiled(case: Case, *faults: str, design: str | None = None) -> NativeSystem:

@@ -15,6 +15,7 @@ from bpf_builder import (
     alur,
     call,
     exit_,
+    expect_code,
     jmp,
     kfunc,
     ld_map,
@@ -27,7 +28,6 @@ from bpf_builder import (
 )
 
 from harness import isa
-from harness.image import NativeSystem
 from harness.isa import Insn
 from harness.jit import FAULTS, Variant, apply_patches, compile_system, listing, poke_transition
 from harness.jit.x86_64 import THIS_CPU_OFF, symbol_address
@@ -39,50 +39,6 @@ def ret(name, value):
 
 
 # ---- expected-bytes matcher ---------------------------------------------------------
-
-
-def resolve(system: NativeSystem, sym: str) -> int:
-    kind, _, rest = sym.partition(":")
-    if kind == "func":
-        p, k = rest.split(":")
-        return system.progs[p].funcs[int(k)].address
-    if kind == "entry":
-        return system.progs[rest].tail_call_entry
-    if kind == "map":
-        return system.maps[rest]
-    if kind == "privfp":  # frame pointer of region k
-        base, size = system.percpu_regions[int(rest)]
-        return base + size - 8
-    if sym == "this_cpu_off":
-        return THIS_CPU_OFF
-    return symbol_address(sym)
-
-
-def expect_code(system: NativeSystem, prog: str, func: int, spec: str) -> None:
-    f = system.progs[prog].funcs[func]
-    code = f.code
-    pos = 0
-    for n, line in enumerate(spec.split()):
-        hexpart, _, reloc = line.partition("{")
-        raw = bytes.fromhex(hexpart)
-        assert code[pos : pos + len(raw)] == raw, (
-            f"{prog}:{func} line {n} ({line}) at +{pos:#x}: got {code[pos : pos + 12].hex()}"
-        )
-        pos += len(raw)
-        if reloc:
-            kind, _, sym = reloc.rstrip("}").partition(":")
-            value = resolve(system, sym)
-            if kind == "rel":
-                got = int.from_bytes(code[pos : pos + 4], "little", signed=True)
-                assert f.address + pos + 4 + got == value, f"line {n}: rel32 not to {sym}"
-                pos += 4
-            elif kind == "abs":
-                assert int.from_bytes(code[pos : pos + 8], "little") == value, f"line {n}"
-                pos += 8
-            else:
-                assert int.from_bytes(code[pos : pos + 4], "little") == value & 0xFFFFFFFF
-                pos += 4
-    assert pos == len(code), f"{prog}:{func}: {len(code) - pos} extra bytes {code[pos:].hex()}"
 
 
 PROLOGUE_MAIN_TC = "0f1f440000 4831c0 55 4889e5"
