@@ -42,6 +42,11 @@ def _available(names: list[str], *, skip: bool = False) -> list[str]:
     return usable
 
 
+def _options(args) -> dict:
+    """Engine options from the command line (only what was asked for)."""
+    return {"allow_known_crashes": True} if getattr(args, "allow_known_crashes", False) else {}
+
+
 def _profile(args):
     try:
         return PROFILES[args.profile]
@@ -74,7 +79,7 @@ def cmd_run(args) -> int:
     from harness.runner import Runner, expectation_failures
 
     names = _engines(args) if args.engine else ["interp"]
-    runner = Runner(names, _profile(args))
+    runner = Runner(names, _profile(args), **_options(args))
     status = 0
     payload = []
     for path in args.cases:
@@ -176,6 +181,7 @@ def cmd_fuzz(args) -> int:
         stop_on_first=args.stop_on_first,
         progress=True,
         report_known=args.report_known,
+        options=_options(args),
     )
     summary = run_campaign(camp)
     print(summary.render())
@@ -198,7 +204,7 @@ def cmd_replay(args) -> int:
         raise JitdiffError(f"no case files under {', '.join(map(str, paths))}")
     names = args.engine or [n for n in engines.ENGINES if n != "interp"]
     usable = _available(names, skip=True)
-    runner = Runner(usable, _profile(args))
+    runner = Runner(usable, _profile(args), **_options(args))
     bad = 0
     for f in files:
         case = casefile.load(f)
@@ -258,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         sp.add_argument(
             "--profile", default="linux-6.18", help="semantic profile: " + ", ".join(PROFILES)
+        )
+        sp.add_argument(
+            "--allow-known-crashes",
+            action="store_true",
+            help="kernel engines: load and run shapes known to crash this kernel "
+            "(harness/kernel/crashes.py); may take the machine down",
         )
 
     sp = sub.add_parser("run", help="run case files through the engines")
@@ -330,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     except JitdiffError as e:
         print(f"jitdiff: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (| head): not an error of ours
+        sys.stderr.close()
+        return 0
     except OSError as e:
         print(f"jitdiff: {e.filename or ''}: {e.strerror}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ from generators.draw import ChoiceDraw, RandomDraw
 from generators.systems import build_system
 from harness import casefile, report
 from harness.known import known
-from harness.profile import Profile
+from harness.profile import LINUX, Profile
 from harness.reduce import reduce_case
 from harness.runner import Runner
 from harness.shrink import shrink_choices
@@ -61,6 +61,8 @@ class Campaign:
     progress: bool = False
     #: report divergences listed in harness.known like new ones
     report_known: bool = False
+    #: engine options (e.g. allow_known_crashes for the kernel engines)
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -159,7 +161,7 @@ def shrink(runner: Runner, engine: str, sig: str, choices: list[int], config: Co
 
 
 def _worker(w: int, camp: Campaign, out: mp.Queue, stop) -> None:
-    runner = Runner(camp.engines, camp.profile) if camp.profile else Runner(camp.engines)
+    runner = Runner(camp.engines, camp.profile or LINUX, **camp.options)
     start = time.monotonic()
     i = w
     seen: set[str] = set()
