@@ -77,6 +77,8 @@ def _same(a, b) -> bool:
 
 
 def _same_event(a: Event, b: Event) -> bool:
+    if a == b:  # the common case, compared at C speed
+        return True
     return (a.kind, a.where.prog, a.where.func, a.where.pc) == (
         b.kind,
         b.where.prog,
