@@ -421,6 +421,7 @@ class Executor:
         self.raw.write(SENTINEL, b"\xcc" * PAGE)
         self._regions: dict[int, tuple[int, int]] = {}  # masked base -> (size, perms)
         self._lowest = _LOWEST_POINTER
+        self._frame_ranges: list[tuple[int, int]] = []
         self._native: NativeSystem | None = None
         self._case: Case | None = None
         self._lockstep = False
@@ -527,6 +528,10 @@ class Executor:
         for addr, size in native.percpu_regions:
             need(addr, size, R | W, "per-cpu area")
         self._lowest = min([_LOWEST_POINTER] + [a for a, _ in native.percpu_regions])
+        #: where BPF frames can live: the host stack and the private stacks
+        self._frame_ranges = [(STACK_BASE, STACK_TOP)] + [
+            (a, a + n) for a, n in native.percpu_regions
+        ]
         if not any(p.type == "test" for p in case.programs.values()):
             protected.append((CTX_ADDR, CTX_ADDR + max(len(case.ctx), 1), "ctx"))
         self._apply_mapping(want)
@@ -1013,7 +1018,10 @@ class Executor:
     def _sym(self, run: _Run, value: int):
         if value < self._lowest:
             return value  # small scalars, the common case: no region is down there
-        return symbolize(value, self.space, self._fps(run))
+        # only a value inside a stack can name a frame: skip the frame walk
+        # (deep after tail calls from subprograms) for map and ctx pointers
+        in_stack = any(lo <= value <= hi for lo, hi in self._frame_ranges)
+        return symbolize(value, self.space, self._fps(run) if in_stack else ())
 
     def _refresh_fp(self, run: _Run, regs: list[int], address: int | None = None) -> None:
         """Private-stack frames keep BPF r10 in r9; it is valid at every hook
