@@ -78,6 +78,9 @@ class Layout:
     MAP_SPAN = 0x100_0000
     VALUES = 0x1000  # values start this far past the map object
     FUNCS = 0x0000_4E1F_A7C9_0000  # pseudo-func addresses (opaque)
+    #: every address symbolize can name lies in [LOWEST, HIGHEST]
+    LOWEST = CTX
+    HIGHEST = MAPS + 256 * MAP_SPAN
 
 
 def frame_pointer(depth: int) -> int:
@@ -300,8 +303,8 @@ class Interpreter:
 
     def symbolize(self, value: int | None):
         """The engine-independent name of a pointer (see ``harness.emu``)."""
-        if value is None:
-            return None
+        if value is None or not Layout.LOWEST <= value <= Layout.HIGHEST:
+            return value  # most values: scalars far from every region
         f = self._frame_at(value, inclusive=True)
         if f is not None:
             fp = frame_pointer(f.depth)
