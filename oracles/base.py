@@ -5,6 +5,7 @@ invariant violation)."""
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,8 @@ class Divergence:
     def signature(self) -> str:
         """What makes two divergences the same bug, for de-duplication."""
         kind = self.detail.split(":", 1)[0] if self.detail else ""
+        # "tail_call event #3" and "#7" are the same kind of difference
+        kind = re.sub(r"\s*#\d+|\s*0x[0-9a-f]+", "", kind)
         return f"{self.oracle}:{kind}"
 
     def __str__(self) -> str:
