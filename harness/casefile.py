@@ -26,7 +26,7 @@ from harness import asm, isa
 from harness.errors import AsmError, CaseError
 from harness.system import PROG_TYPES, Case, Expect, MapDef, Program, Step
 
-__all__ = ["parse", "load", "render", "save"]
+__all__ = ["parse", "load", "render", "save", "corpus_cases"]
 
 _KEYWORDS = ("map", "ctx", "program", "run", "update", "delete")
 _MAP_KINDS = ("prog_array", "array")
@@ -457,3 +457,20 @@ def save(case: Case, path: str | os.PathLike[str]) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+#: corpus folders whose cases diverge on purpose (a documented kernel bug, a
+#: crash reproducer): replayed only when named
+DIVERGENT = frozenset({"crashes", "kernel-findings"})
+
+
+def corpus_cases(*paths) -> list[Path]:
+    """The case files under ``paths`` (files named explicitly always count),
+    without the DIVERGENT folders, sorted."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_file():
+            out.append(p)
+        else:
+            out += [f for f in p.rglob("*.case") if not DIVERGENT & set(f.parts)]
+    return sorted(out)

@@ -21,8 +21,7 @@ __all__ = ["main"]
 def _engines(args) -> list[str]:
     names = args.engine or list(engines.DEFAULT_ENGINES)
     for n in names:
-        base = n.partition("@")[0].split("+")[0]
-        if base not in engines.ENGINES:
+        if engines.base_name(n) not in engines.ENGINES:
             raise JitdiffError(f"unknown engine {n!r} (known: {', '.join(engines.ENGINES)})")
     return names
 
@@ -32,7 +31,7 @@ def _available(names: list[str], *, skip: bool = False) -> list[str]:
     with ``skip`` a printed note and left out."""
     usable = []
     for n in names:
-        why = engines.available(n.partition("@")[0].split("+")[0])
+        why = engines.available(engines.base_name(n))
         if why and not skip:
             raise JitdiffError(f"engine {n} is unavailable: {why}")
         if why:
@@ -192,14 +191,7 @@ def cmd_replay(args) -> int:
     from harness.runner import Runner, expectation_failures
 
     paths = [Path(p) for p in (args.paths or [args.corpus])]
-    files = sorted(
-        f
-        for p in paths
-        for f in ([p] if p.is_file() else p.rglob("*.case"))
-        # crashes/ and kernel-findings/ diverge on purpose (kernel bugs); a
-        # file named explicitly is always replayed
-        if p.is_file() or not {"crashes", "kernel-findings"} & set(f.parts)
-    )
+    files = casefile.corpus_cases(*paths)
     if not files:
         raise JitdiffError(f"no case files under {', '.join(map(str, paths))}")
     names = args.engine or [n for n in engines.ENGINES if n != "interp"]

@@ -14,7 +14,7 @@ from harness.runner import Runner, expectation_failures
 ROOT = Path(__file__).resolve().parents[1] / "corpus"
 #: crashes/ and kernel-findings/ hold cases where engines disagree on purpose
 #: (a kernel bug); tests/test_kernel_findings.py checks those
-CASES = sorted(p for p in ROOT.rglob("*.case") if not {"crashes", "kernel-findings"} & set(p.parts))
+CASES = casefile.corpus_cases(ROOT)
 ENGINES = ["interp", "x86_64", "kernel", "kernel-native"]
 
 _runners: dict[str, Runner] = {}

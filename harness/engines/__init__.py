@@ -16,7 +16,7 @@ from harness.outcome import CaseOutcome
 from harness.profile import LINUX, Profile
 from harness.system import Case
 
-__all__ = ["Engine", "ENGINES", "get", "get_spec", "available", "DEFAULT_ENGINES"]
+__all__ = ["Engine", "ENGINES", "get", "get_spec", "base_name", "available", "DEFAULT_ENGINES"]
 
 
 class Engine(ABC):
@@ -78,6 +78,11 @@ def get(name: str, profile: Profile = LINUX, **options) -> Engine:
     if why:
         raise EngineUnavailable(f"engine {name} is unavailable: {why}")
     return cls(profile, **options)
+
+
+def base_name(spec: str) -> str:
+    """The engine a spec names: ``x86_64+missing-pop`` -> ``x86_64``."""
+    return spec.partition("@")[0].split("+")[0]
 
 
 def get_spec(spec: str, profile: Profile = LINUX, **options) -> Engine:

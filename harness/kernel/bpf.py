@@ -227,6 +227,17 @@ def _call(cmd: Cmd, attr: ctypes.Array, what: str = "") -> int:
         raise BpfError(cmd, e.errno or 0, what) from None
 
 
+def _call_unless_absent(cmd: Cmd, attr: ctypes.Array, what: str) -> bool:
+    """``_call``, but False when the element is not there (ENOENT)."""
+    try:
+        bpf(cmd, attr)
+    except OSError as e:
+        if e.errno == _errno.ENOENT:
+            return False
+        raise BpfError(cmd, e.errno or 0, what) from None
+    return True
+
+
 def _attr(size: int = ATTR_SIZE) -> ctypes.Array:
     return ctypes.create_string_buffer(size)
 
@@ -276,25 +287,13 @@ def map_lookup(fd: Fd | int, key: bytes, value_size: int) -> bytes | None:
     prog-array slot)."""
     v = ctypes.create_string_buffer(value_size)
     a, _k = _elem_attr(fd, key, v, 0)
-    try:
-        bpf(Cmd.MAP_LOOKUP_ELEM, a)
-    except OSError as e:
-        if e.errno == _errno.ENOENT:
-            return None
-        raise BpfError(Cmd.MAP_LOOKUP_ELEM, e.errno or 0, f"lookup {fd!r}") from None
-    return v.raw
+    return v.raw if _call_unless_absent(Cmd.MAP_LOOKUP_ELEM, a, f"lookup {fd!r}") else None
 
 
 def map_delete(fd: Fd | int, key: bytes) -> bool:
     """Delete an element; False when there was none (ENOENT)."""
     a, _k = _elem_attr(fd, key, None, 0)
-    try:
-        bpf(Cmd.MAP_DELETE_ELEM, a)
-    except OSError as e:
-        if e.errno == _errno.ENOENT:
-            return False
-        raise BpfError(Cmd.MAP_DELETE_ELEM, e.errno or 0, f"delete {fd!r}") from None
-    return True
+    return _call_unless_absent(Cmd.MAP_DELETE_ELEM, a, f"delete {fd!r}")
 
 
 # --- loading -----------------------------------------------------------------
