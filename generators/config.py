@@ -35,6 +35,10 @@ class Config:
     #: instructions the verifier would walk with every call inlined, per
     #: program; keeps verification and the 34 runs of a self loop cheap.
     max_expanded_insns: int = 3000
+    #: the same, for programs in a system with a prog array: a run may enter
+    #: programs 34 times (33 tail calls), so a run costs up to 34 times this.
+    #: Without it a few systems of 100k+ steps took most of a campaign's time.
+    max_expanded_insns_tail_calls: int = 400
     #: steps in the script (runs, slot updates and deletes).
     max_steps: int = 9
     #: raw_tp ctx is a u64 array of at most 12 arguments.

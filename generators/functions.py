@@ -110,7 +110,8 @@ def _callable(st: FnState, c: FnPlan) -> bool:
         return False
     if c.tc_prefix >= 0 and own + c.tc_prefix >= cfg.tail_call_caller_stack:
         return False
-    return st.inlined + c.cost <= cfg.max_expanded_insns
+    limit = cfg.max_expanded_insns if st.sp.slots is None else cfg.max_expanded_insns_tail_calls
+    return st.inlined + c.cost <= limit
 
 
 def _emit_call(st: FnState, c: FnPlan) -> None:

@@ -398,6 +398,8 @@ class Executor:
         uc.hook_add(ucc.UC_HOOK_INTR, self._on_intr)
         self._code_cb = _HOOK_CODE_CFUNC(self._on_code_raw)
         self._block_cb = _HOOK_CODE_CFUNC(self._on_block_raw)
+        self._mem_cb = _ucpy.HOOK_MEM_ACCESS_CFUNC(self._on_protected_write_raw)
+        self._mem_what: list[str] = []
         self._code_hooks: list[int] = []
         self._mem_hooks: list[int] = []
         self._block_hook: int | None = None
@@ -421,6 +423,7 @@ class Executor:
         self.raw.write(SENTINEL, b"\xcc" * PAGE)
         self._regions: dict[int, tuple[int, int]] = {}  # masked base -> (size, perms)
         self._lowest = _LOWEST_POINTER
+        self._highest = _LOWEST_POINTER
         self._frame_ranges: list[tuple[int, int]] = []
         self._native: NativeSystem | None = None
         self._case: Case | None = None
@@ -574,20 +577,24 @@ class Executor:
             self.uc.mem_write(base, fill * size)
 
     def _set_mem_hooks(self, ranges: list[tuple[int, int, str]]) -> None:
+        # one ctypes callback for all of them (the binding's hook_add makes a
+        # new one per call, ~40 us); user_data indexes the range's name
         for h in self._mem_hooks:
-            self.uc.hook_del(h)
+            _ucpy.uclib.uc_hook_del(self.uc._uch, _ucpy.uc_hook_h(h))
         self._mem_hooks = []
-        for lo, hi, what in ranges:
+        self._mem_what = [what for _, _, what in ranges]
+        hh = _ucpy.uc_hook_h()
+        fptr = ctypes.cast(self._mem_cb, ctypes.c_void_p)
+        for k, (lo, hi, _) in enumerate(ranges):
             # memory hooks see the masked (physical) address
-            self._mem_hooks.append(
-                self.uc.hook_add(
-                    ucc.UC_HOOK_MEM_WRITE,
-                    self._on_protected_write,
-                    what,
-                    begin=lo & VA_MASK,
-                    end=(hi - 1) & VA_MASK,
-                )
-            )
+            err = _ucpy.uclib.uc_hook_add(
+                self.uc._uch, ctypes.byref(hh), ucc.UC_HOOK_MEM_WRITE, fptr,
+                ctypes.c_void_p(k), ctypes.c_uint64(lo & VA_MASK),
+                ctypes.c_uint64((hi - 1) & VA_MASK),
+            )  # fmt: skip
+            if err:
+                raise UcError(err)
+            self._mem_hooks.append(hh.value)
 
     # ---- setup: hooks --------------------------------------------------------
 
@@ -627,7 +634,7 @@ class Executor:
                 elif insn.src == 0 and insn.imm == TAIL_CALL:
                     add(ia[k], A_TAIL, fi, pc, nxt)
                     add(nxt, A_TC_FALL)
-                elif insn.src == 0:
+                elif insn.src == 0 and not native.helpers_never_inlined:
                     add(ia[k], A_HELPER, fi, pc, insn.imm, nxt)
                     add(nxt, A_HELPER_END)
         for name, p in native.progs.items():
@@ -710,6 +717,11 @@ class Executor:
                         self._set_slot(name, key, prog, repatch, initial=True)
                 spans.append(MapSpan(name, addr))
         self.space = AddressSpace(CTX_ADDR, len(case.ctx), tuple(spans), self.profile.stack_size)
+        self._highest = max(
+            [STACK_TOP, CTX_ADDR + len(case.ctx)]
+            + [max(m.obj, m.values + m.values_size) for m in spans]
+            + [a + n for a, n in native.percpu_regions]
+        )
         self.raw.write(CTX_ADDR, bytes(case.ctx)[:PAGE].ljust(PAGE, b"\0"))
         if self._code_dirty:
             # new code, patched code or new hooks: translations are stale
@@ -948,7 +960,15 @@ class Executor:
             )
         uc.emu_stop()
 
-    def _on_protected_write(self, uc, access, address, size, value, what) -> None:
+    def _on_protected_write_raw(self, handle, access, address, size, value, user_data) -> None:
+        try:
+            self._on_protected_write(address, size, self._mem_what[user_data or 0])
+        except BaseException as e:  # surfaced by _run_prog after emu_start returns
+            if self._exc is None:
+                self._exc = e
+            self.raw.emu_stop(self.raw.h)
+
+    def _on_protected_write(self, address: int, size: int, what: str) -> None:
         run = self._run
         if run is None or run.mem_violations >= _MAX_MEM_VIOLATIONS:
             return
@@ -1016,8 +1036,10 @@ class Executor:
         return [f.fp for f in run.frames]
 
     def _sym(self, run: _Run, value: int):
-        if value < self._lowest:
-            return value  # small scalars, the common case: no region is down there
+        if value < self._lowest or value > self._highest:
+            # scalars, the common case (negative ones included): outside
+            # every region a value can be named by
+            return value
         # only a value inside a stack can name a frame: skip the frame walk
         # (deep after tail calls from subprograms) for map and ctx pointers
         in_stack = any(lo <= value <= hi for lo, hi in self._frame_ranges)

@@ -103,3 +103,7 @@ class NativeSystem:
     this_cpu_off: int = 0
     #: private-stack areas: (address, size) regions the code may use via r9
     percpu_regions: list[tuple[int, int]] = field(default_factory=list)
+    #: the code calls every helper through its stub (the model JIT): the
+    #: executor then needs no hooks around helper calls to notice an inlined
+    #: one (the real JIT inlines array lookups and smp_processor_id)
+    helpers_never_inlined: bool = False

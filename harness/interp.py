@@ -30,6 +30,7 @@ behaviour to compare there.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 from harness import isa
@@ -156,6 +157,8 @@ class Interpreter:
             self.maps.append(st)
         self.ticks = 0
         self._run: _Run | None = None
+        #: check_structure's verdict on the case's programs: None until run
+        self._structure: tuple[Where, str] | bool | None = None
 
     # ---- the script ------------------------------------------------------
 
@@ -193,10 +196,13 @@ class Interpreter:
     def run(self, entry: str) -> RunOutcome:
         prog = self.case.programs[entry]
         self.ticks = 0
-        for p in self.case.programs.values():
-            bad = check_structure(p)
-            if bad:
-                return RunOutcome(Status.INVALID, where=bad[0], detail=bad[1])
+        if self._structure is None:  # the programs do not change between runs
+            self._structure = next(
+                (bad for p in self.case.programs.values() if (bad := check_structure(p))), False
+            )
+        if self._structure:
+            bad = self._structure
+            return RunOutcome(Status.INVALID, where=bad[0], detail=bad[1])
         top = self._new_frame(prog, 0, depth=0)
         top.regs[1] = Layout.CTX
         self.ctx = bytearray(self.case.ctx)
@@ -326,30 +332,37 @@ class Interpreter:
     # ---- the loop --------------------------------------------------------
 
     def _loop(self, run: _Run) -> int:
+        # the hot loop: locals and the opcode's class as an int (the loop runs
+        # a few hundred thousand steps a second; readability lives in the
+        # helpers it dispatches to)
+        budget, lockstep, frames = self.budget, self.lockstep, run.frames
+        alu, store, read, reg = self._alu, self._store, self.read, self._reg
         while True:
-            f = run.frames[-1]
+            f = frames[-1]
             insns = f.prog.insns
-            if not 0 <= f.pc < len(insns):
-                raise Invalid(f"fell off the program at pc {f.pc}")
+            pc = f.pc
+            if not 0 <= pc < len(insns):
+                raise Invalid(f"fell off the program at pc {pc}")
             run.steps += 1
-            if run.steps > self.budget:
+            if run.steps > budget:
                 raise Runaway()
-            insn = insns[f.pc]
-            if self.lockstep:
+            insn = insns[pc]
+            if lockstep:
                 regs = tuple(self.symbolize(r) for r in f.regs)
                 run.events.append(Event("step", f.where(), regs))
-            c = insn.cls
-            if c in (isa.ALU, isa.ALU64):
-                self._alu(f, insn)
-                f.pc += 1
-            elif c in (isa.JMP, isa.JMP32):
-                op = insn.opcode & 0xF0
+            code = insn.opcode
+            c = code & 0x07
+            if c == isa.ALU64 or c == isa.ALU:
+                alu(f, insn)
+                f.pc = pc + 1
+            elif c == isa.JMP or c == isa.JMP32:
+                op = code & 0xF0
                 if op == isa.CALL:
                     done = self._call(run, f, insn)
                     if done is not None:
                         return done
                 elif op == isa.EXIT:
-                    r0 = self._reg(f, 0)
+                    r0 = reg(f, 0)
                     if isinstance(self.symbolize(r0), tuple):
                         # the verifier wants a scalar at subprogram exit, and
                         # an address returned by main differs between engines
@@ -357,24 +370,25 @@ class Interpreter:
                     done = self._return(run, r0)
                     if done is not None:
                         return done
+                elif self._taken(f, insn):
+                    f.pc = isa.jump_target(pc, insn)
                 else:
-                    f.pc = isa.jump_target(f.pc, insn) if self._taken(f, insn) else f.pc + 1
-            elif insn.opcode == isa.LD_IMM64:
-                self._ld_imm64(f, insn, insns[f.pc + 1])
-                f.pc += 2
+                    f.pc = pc + 1
+            elif code == isa.LD_IMM64:
+                self._ld_imm64(f, insn, insns[pc + 1])
+                f.pc = pc + 2
             elif c == isa.LDX:
-                mode, size = insn.opcode & 0xE0, isa.SIZE_BYTES[insn.opcode & 0x18]
-                if mode not in (isa.MEM, isa.MEMSX):
-                    raise Invalid(f"unsupported load mode {insn.opcode:#x}")
-                raw = self.read((self._reg(f, insn.src) + insn.off) & U64, size)
-                v = int.from_bytes(raw, "little")
+                mode, size = code & 0xE0, isa.SIZE_BYTES[code & 0x18]
+                if mode != isa.MEM and mode != isa.MEMSX:
+                    raise Invalid(f"unsupported load mode {code:#x}")
+                v = int.from_bytes(read((reg(f, insn.src) + insn.off) & U64, size), "little")
                 f.regs[insn.dst] = sext(v, size * 8) if mode == isa.MEMSX else v
-                f.pc += 1
-            elif c in (isa.ST, isa.STX):
-                self._store(f, insn)
-                f.pc += 1
+                f.pc = pc + 1
+            elif c == isa.ST or c == isa.STX:
+                store(f, insn)
+                f.pc = pc + 1
             else:
-                raise Invalid(f"legacy packet access {insn.opcode:#x} is not supported")
+                raise Invalid(f"legacy packet access {code:#x} is not supported")
 
     def _reg(self, f: Frame, r: int) -> int:
         v = f.regs[r]
@@ -385,8 +399,9 @@ class Interpreter:
     # ---- ALU -------------------------------------------------------------
 
     def _alu(self, f: Frame, insn: Insn) -> None:
-        is64 = insn.cls == isa.ALU64
-        op, use_x = insn.opcode & 0xF0, insn.opcode & isa.X
+        code = insn.opcode
+        is64 = code & 0x07 == isa.ALU64
+        op, use_x = code & 0xF0, code & isa.X
         bits = 64 if is64 else 32
         mask = U64 if is64 else U32
         if op == isa.END:
@@ -459,24 +474,14 @@ class Interpreter:
         op = insn.opcode & 0xF0
         if op == isa.JA:
             return True
-        is32 = insn.cls == isa.JMP32
+        is32 = insn.opcode & 0x07 == isa.JMP32
         mask = U32 if is32 else U64
-        sx = s32 if is32 else s64
         a = self._reg(f, insn.dst) & mask
         b = (self._reg(f, insn.src) if insn.opcode & isa.X else insn.imm & U64) & mask
-        return {
-            isa.JEQ: a == b,
-            isa.JNE: a != b,
-            isa.JSET: bool(a & b),
-            isa.JGT: a > b,
-            isa.JGE: a >= b,
-            isa.JLT: a < b,
-            isa.JLE: a <= b,
-            isa.JSGT: sx(a) > sx(b),
-            isa.JSGE: sx(a) >= sx(b),
-            isa.JSLT: sx(a) < sx(b),
-            isa.JSLE: sx(a) <= sx(b),
-        }[op]
+        if op in _SIGNED_JUMPS:
+            sx = s32 if is32 else s64
+            a, b = sx(a), sx(b)
+        return _JUMP_TESTS[op](a, b)
 
     # ---- memory instructions ---------------------------------------------
 
@@ -641,6 +646,23 @@ class Interpreter:
         frame.regs[1] = cookie
         run.frames[-1] = frame
         return None
+
+
+#: conditional jumps: the test on (dst, src), signed ones on sign-extended values
+_JUMP_TESTS = {
+    isa.JEQ: operator.eq,
+    isa.JNE: operator.ne,
+    isa.JSET: lambda a, b: bool(a & b),
+    isa.JGT: operator.gt,
+    isa.JGE: operator.ge,
+    isa.JLT: operator.lt,
+    isa.JLE: operator.le,
+    isa.JSGT: operator.gt,
+    isa.JSGE: operator.ge,
+    isa.JSLT: operator.lt,
+    isa.JSLE: operator.le,
+}
+_SIGNED_JUMPS = frozenset((isa.JSGT, isa.JSGE, isa.JSLT, isa.JSLE))
 
 
 def check_structure(prog: Program) -> tuple[Where, str] | None:

@@ -261,10 +261,16 @@ def is_ld_imm64(insn: Insn) -> bool:
     return insn.opcode == LD_IMM64
 
 
+#: opcodes of jumps with a pc-relative target (not call/exit): a set, since
+#: every pass over a program asks this of every slot
+_JUMPS = frozenset(
+    op for op in range(256) if op & 0x07 in (JMP, JMP32) and op & 0xF0 not in (CALL, EXIT)
+)
+
+
 def is_jump(insn: Insn) -> bool:
     """A jump with a pc-relative target (not call/exit)."""
-    c, op = insn.cls, insn.opcode & 0xF0
-    return c in (JMP, JMP32) and op not in (CALL, EXIT)
+    return insn.opcode in _JUMPS
 
 
 def jump_target(pc: int, insn: Insn) -> int:

@@ -385,6 +385,7 @@ def compile_system(
         layout=layout,
         this_cpu_off=THIS_CPU_OFF if any_percpu else 0,
         percpu_regions=regions,
+        helpers_never_inlined=True,
     )
 
     # 4. poke sites in their initial state (bpf_tail_call_direct_fixup)

@@ -110,6 +110,14 @@ ENTRY_SHORTFALL = 4
 MAX_PASSES = 20
 PADDING_PASSES = MAX_PASSES - 5
 ALL_CALLEE_REGS = (True, True, True, True)
+#: instruction classes whose x86 bytes depend only on the instruction (after
+#: the private-stack register swap) and the BMI2 switch: never on an address,
+#: a pass or a fault. The pass loop re-emits a function many times and
+#: generated programs repeat instructions, so their bytes are memoised; the
+#: bytes are those the full emitter below produced for the same key.
+_PURE_CLASSES = frozenset((isa.ALU, isa.ALU64, isa.LDX, isa.ST, isa.STX))
+_PURE: dict[tuple, bytes] = {}
+_PURE_MAX = 1 << 16
 
 
 class JitError(JitdiffError):
@@ -235,6 +243,9 @@ class FuncJit:
     pokes: list[PokeRecord] = field(default_factory=list)
     passes: int = 0
     _padding: bool = False
+    _used: list[bool] | None = None
+    #: per insn: (bytes, is ld_imm64) of a pure insn once emitted, else None
+    _memo: list | None = None
 
     # ---- bpf_int_jit_compile() pass loop ------------------------------------
 
@@ -441,7 +452,12 @@ class FuncJit:
         priv = self.priv_frame_ptr
         if priv is not None:
             stack_depth = 0
-        used = _detect_reg_usage(f)
+        if self._used is None:
+            self._used = _detect_reg_usage(f)
+            self._memo = [None] * len(f.insns)
+        memo = self._memo
+        used = self._used
+        bmi2 = opts.bmi2
         out = bytearray()
         pokes: list[PokeRecord] = []
 
@@ -467,6 +483,19 @@ class FuncJit:
         n = len(insns)
         i = 1
         while i <= n:
+            orig_i = i
+            hit = memo[i - 1]
+            if hit is not None:  # a pure insn this function emitted in an earlier pass
+                if hit[1]:
+                    i += 1
+                ilen = len(hit[0])
+                if image is not None and proglen + ilen != addrs[i]:
+                    raise JitError("bpf_jit: fatal error (image pass changed an insn size)")
+                out += hit[0]
+                proglen += ilen
+                addrs[i] = proglen
+                i += 1
+                continue
             x = insns[i - 1]
             insn = x.insn
             imm32 = insn.imm
@@ -478,6 +507,29 @@ class FuncJit:
                     dst = X86_REG_R9
             code = insn.opcode
             c = code & 0x07
+            key = None
+            if c in _PURE_CLASSES:
+                key = (code, dst, src, insn.off, imm32, bmi2)
+            elif code == isa.LD_IMM64:
+                if x.map_ref is not None:
+                    value = self.map_addr(x.map_ref[0]) + x.map_ref[1]
+                else:
+                    value = (insns[i].insn.imm << 32) | (imm32 & 0xFFFFFFFF)
+                key = (code, dst, value & ((1 << 64) - 1))
+            if key is not None:
+                hit = _PURE.get(key)
+                if hit is not None:
+                    memo[i - 1] = (hit, code == isa.LD_IMM64)
+                    if code == isa.LD_IMM64:
+                        i += 1
+                    ilen = len(hit)
+                    if image is not None and proglen + ilen != addrs[i]:
+                        raise JitError("bpf_jit: fatal error (image pass changed an insn size)")
+                    out += hit
+                    proglen += ilen
+                    addrs[i] = proglen
+                    i += 1
+                    continue
             op = code & 0xF0
             is64 = c == isa.ALU64
             e = Emitter()
@@ -681,6 +733,11 @@ class FuncJit:
                 raise JitError("bpf_jit: fatal insn size error")
             if image is not None and (proglen + ilen > oldproglen or proglen + ilen != addrs[i]):
                 raise JitError("bpf_jit: fatal error (image pass changed an insn size)")
+            if key is not None:
+                if len(_PURE) >= _PURE_MAX:
+                    _PURE.clear()
+                hit = _PURE[key] = bytes(e.buf)
+                memo[orig_i - 1] = (hit, code == isa.LD_IMM64)
             out += e.buf
             proglen += ilen
             addrs[i] = proglen

@@ -162,12 +162,11 @@ def _is_uncond(i: Insn) -> bool:
 
 def stack_depth_of(insns: list[Insn], lo: int, hi: int) -> int:
     """The verifier's stack depth of the function at [lo, hi) (see module doc)."""
-    return round_up(_deepest(insns, lo, hi), 8)
+    return round_up(_deepest(insns, lo, hi, _jump_targets(insns, lo, hi)), 8)
 
 
-def _deepest(insns: list[Insn], lo: int, hi: int) -> int:
+def _deepest(insns: list[Insn], lo: int, hi: int, targets: set[int]) -> int:
     """The deepest r10-relative byte the function at [lo, hi) touches, unrounded."""
-    targets = _jump_targets(insns, lo, hi)
     deepest = 0
     known: dict[int, int] = {10: 0}  # reg -> offset from r10
     pc = lo
@@ -407,6 +406,7 @@ def translate(case: Case, prog: Program, *, private_stack_min: int = 64) -> XPro
             elif rel is not None:
                 x.target = k + 1 + rel
             xinsns.append(x)
+        deepest = _deepest(insns, lo, hi, targets)
         funcs.append(
             XFunc(
                 name=prog.function_name(lo),
@@ -414,8 +414,8 @@ def translate(case: Case, prog: Program, *, private_stack_min: int = 64) -> XPro
                 insns=xinsns,
                 orig_index=orig_index,
                 orig_len=hi - lo,
-                stack_depth=stack_depth_of(insns, lo, hi),
-                raw_stack_depth=_deepest(insns, lo, hi),
+                stack_depth=round_up(deepest, 8),
+                raw_stack_depth=deepest,
                 has_tail_call=has_tc,
                 callees=callees,
             )
