@@ -34,6 +34,7 @@ slots are rewritten per case, the stack and registers per run.
 from __future__ import annotations
 
 import ctypes
+import operator
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
@@ -117,6 +118,7 @@ _REG_NAMES = (
 _REG_IDS = {n: getattr(x86, f"UC_X86_REG_{n.upper()}") for n in _REG_NAMES}
 (RAX, RBX, RCX, RDX, RSI, RDI, RBP, RSP, R8, R9, R10, R11, R12, R13, R14, R15, RIP) = range(17)
 _CSR_IDX = (RBX, RBP, R12, R13, R14, R15)
+_CSR_GET = operator.itemgetter(*_CSR_IDX)
 #: caller-saved registers a C helper may leave garbage in
 _CLOBBERED = ("rdi", "rsi", "rdx", "rcx", "r8", "r9", "r10", "r11")
 
@@ -236,6 +238,7 @@ class _Raw:
         self._ptrs = (ctypes.c_void_p * n)(*(base + 8 * i for i in range(n)))
         self._one = ctypes.c_uint64()
         self._one_ref = ctypes.byref(self._one)
+        self._write_bufs: dict[tuple[str, ...], tuple] = {}
 
     def regs(self) -> list[int]:
         """All of _REG_NAMES, in order."""
@@ -243,11 +246,19 @@ class _Raw:
         return self._vals[:]
 
     def set_regs(self, values: dict[str, int]) -> None:
-        n = len(values)
-        ids = (ctypes.c_int * n)(*(_REG_IDS[r] for r in values))
-        vals = (ctypes.c_uint64 * n)(*(v & U64 for v in values.values()))
-        base = ctypes.addressof(vals)
-        ptrs = (ctypes.c_void_p * n)(*(base + 8 * i for i in range(n)))
+        # the buffers for a set of registers are made once (a helper call
+        # writes the same eight every time)
+        names = tuple(values)
+        bufs = self._write_bufs.get(names)
+        if bufs is None:
+            n = len(names)
+            ids = (ctypes.c_int * n)(*(_REG_IDS[r] for r in names))
+            vals = (ctypes.c_uint64 * n)()
+            base = ctypes.addressof(vals)
+            ptrs = (ctypes.c_void_p * n)(*(base + 8 * i for i in range(n)))
+            bufs = self._write_bufs[names] = (ids, vals, ptrs, n)
+        ids, vals, ptrs, n = bufs
+        vals[:] = [v & U64 for v in values.values()]
         self._batch_write(self.h, ids, ptrs, n)
 
     def set_reg(self, reg_id: int, value: int) -> None:
@@ -878,6 +889,8 @@ class Executor:
         out.retval = rax
 
     def _check_host(self, run: _Run, where, regs, rsp: int, saved: tuple[int, ...]) -> None:
+        if regs[RSP] == rsp and _CSR_GET(regs) == saved:
+            return  # the common case, in one comparison
         if regs[RSP] != rsp:
             run.violations.append(
                 Violation(
@@ -1035,6 +1048,14 @@ class Executor:
     def _fps(self, run: _Run) -> list[int | None]:
         return [f.fp for f in run.frames]
 
+    def _syms(self, run: _Run, values: tuple[int, ...]) -> tuple:
+        """``_sym`` of each value; the tuple itself when all are scalars."""
+        lo, hi = self._lowest, self._highest
+        for v in values:
+            if lo <= v <= hi:
+                return tuple(self._sym(run, v) for v in values)
+        return values
+
     def _sym(self, run: _Run, value: int):
         if value < self._lowest or value > self._highest:
             # scalars, the common case (negative ones included): outside
@@ -1066,7 +1087,7 @@ class Executor:
             if rec.rsp is None:
                 # private-stack callers push r9 around the call
                 rec.rsp = rsp + 8 + (8 if rec.caller_private else 0)
-                rec.saved = tuple(regs[i] for i in _CSR_IDX)
+                rec.saved = _CSR_GET(regs)
             fp = None if fi.func.private_stack else rsp - 8
             run.frames.append(_Frame(fi.prog, fi, rec, rsp - 8, fp))
             return
@@ -1148,12 +1169,12 @@ class Executor:
         self._refresh_fp(run, regs, address)
         where = Where(fi.prog, fi.label, pc)
         prog = self._case.programs[fi.prog]
-        args = tuple(self._sym(run, regs[i]) for i in (RDI, RSI, RDX, RCX, R8))
+        args = self._syms(run, (regs[RDI], regs[RSI], regs[RDX], regs[RCX], regs[R8]))
         run.events.append(Event("call", where, (prog.function_name(callee), args)))
         if address == fi.func.address:  # kernel line info: insn 0 is the function start
             rec = _CallRec(where, ret_site, None, None, fi.func.private_stack)
         else:
-            rec = _CallRec(where, ret_site, regs[RSP], tuple(regs[i] for i in _CSR_IDX))
+            rec = _CallRec(where, ret_site, regs[RSP], _CSR_GET(regs))
         run.pending_call = rec
 
     def _on_ret_site(self, run: _Run, regs, address: int) -> None:
@@ -1172,7 +1193,7 @@ class Executor:
         self._refresh_fp(run, regs, address)
         self._check_host(run, rec.where, regs, rec.rsp, rec.saved)
         r0 = self._sym(run, regs[RAX])
-        preserved = tuple(self._sym(run, regs[i]) for i in (RBX, R13, R14, R15))
+        preserved = self._syms(run, (regs[RBX], regs[R13], regs[R14], regs[R15]))
         run.events.append(Event("ret", rec.where, (r0, preserved)))
 
     def _on_tail(self, run: _Run, regs, address: int, fi: _FuncInfo, pc: int, fall: int) -> None:
@@ -1216,7 +1237,7 @@ class Executor:
         except _Fault:
             read = b""
         self._refresh_fp(run, regs, address)
-        sargs = tuple(self._sym(run, a) for a in args[:nargs])
+        sargs = self._syms(run, args[:nargs])
         run.events.append(
             Event("helper", h.where, (h.helper_id, sargs, self._sym(run, regs[RAX]), read))
         )
@@ -1265,7 +1286,7 @@ class Executor:
         except _Fault as e:
             self._stop(Status.TRAPPED, where, f"helper {helper.name} faulted: {e}")
             return
-        sargs = tuple(self._sym(run, a) for a in args[:nargs])
+        sargs = self._syms(run, args[:nargs])
         if where is None:
             where = Where(run.frames[-1].prog, run.frames[-1].fi.label, -1) if run.frames else None
         run.events.append(Event("helper", where, (hid, sargs, self._sym(run, r0), read)))

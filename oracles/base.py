@@ -16,6 +16,7 @@ __all__ = [
     "Verdict",
     "verdict",
     "first_difference",
+    "events_agree",
     "unobserved",
     "event_oracle",
     "violation_oracle",
@@ -88,6 +89,14 @@ def _same_event(a: Event, b: Event) -> bool:
         b.where.func,
         b.where.pc,
     ) and _same(a.data, b.data)
+
+
+def events_agree(ref: list[Event], cand: list[Event]) -> bool:
+    """Every event the same (``None`` matching anything): then every event
+    oracle, which compares a per-kind part of these, agrees too."""
+    return len(ref) == len(cand) and all(
+        a == b or _same_event(a, b) for a, b in zip(ref, cand)
+    )
 
 
 def first_difference(ref: list[Event], cand: list[Event]) -> int | None:
