@@ -129,22 +129,26 @@ class XProg:
     exception_callback: int | None
 
 
-def _writes(insn: Insn) -> set[int]:
+_CLOBBERED = frozenset(range(6))
+_NONE: frozenset[int] = frozenset()
+
+
+def _writes(insn: Insn) -> frozenset[int] | tuple[int]:
     """Registers an instruction may write (calls clobber r0-r5)."""
-    c, code = insn.cls, insn.opcode & 0xF0
+    c = insn.opcode & 0x07
     if c in (isa.ALU, isa.ALU64, isa.LDX) or insn.opcode == isa.LD_IMM64:
-        return {insn.dst}
+        return (insn.dst,)
     if c == isa.LD:  # legacy packet loads
-        return {0, 1, 2, 3, 4, 5}
+        return _CLOBBERED
     if c == isa.STX and insn.opcode & 0xE0 == isa.ATOMIC:
         if insn.imm == isa.CMPXCHG:
-            return {0}
+            return (0,)
         if insn.imm & isa.FETCH:
-            return {insn.src}
-        return set()
-    if c == isa.JMP and code == isa.CALL:
-        return {0, 1, 2, 3, 4, 5}
-    return set()
+            return (insn.src,)
+        return _NONE
+    if c == isa.JMP and insn.opcode & 0xF0 == isa.CALL:
+        return _CLOBBERED
+    return _NONE
 
 
 def _jump_targets(insns: list[Insn], lo: int, hi: int) -> set[int]:
@@ -174,7 +178,7 @@ def _deepest(insns: list[Insn], lo: int, hi: int, targets: set[int]) -> int:
         i = insns[pc]
         if pc in targets:
             known = {10: 0}
-        c, code = i.cls, i.opcode & 0xF0
+        c, code = i.opcode & 0x07, i.opcode & 0xF0
         base = None
         if c == isa.LDX:
             base = i.src
@@ -237,6 +241,10 @@ def _const_key(
     if r3 >= case.maps[r2].max_entries:
         return None
     return r2, r3
+
+
+_DIV_MOD = (isa.DIV, isa.MOD)
+_ALU_CLASSES = (isa.ALU, isa.ALU64)
 
 
 def _div_patch(i: Insn) -> list[tuple[Insn, int | None]] | None:
@@ -342,7 +350,7 @@ def translate(case: Case, prog: Program, *, private_stack_min: int = 64) -> XPro
         while pc < hi:
             i = insns[pc]
             orig_index[pc] = len(entries)
-            c = i.cls
+            c = i.opcode & 0x07
             if i.opcode == isa.LD_IMM64:
                 if pc + 1 >= hi:
                     raise Unsupported("ld_imm64 split across functions")
@@ -381,7 +389,7 @@ def translate(case: Case, prog: Program, *, private_stack_min: int = 64) -> XPro
                     entries.append((XInsn(i, pc, call=f"helper:{i.imm}"), None, None))
                 pc += 1
                 continue
-            patch = _div_patch(i)
+            patch = _div_patch(i) if i.opcode & 0xF0 in _DIV_MOD and c in _ALU_CLASSES else None
             if patch is not None:
                 for p, _ in patch:
                     if isa.is_jump(p):
