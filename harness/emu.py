@@ -405,7 +405,16 @@ class Executor:
         self.exact_steps = exact_steps
         self.ticks = 0  # Machine protocol: the helpers' clock
         self._bad_vaddr: int | None = None
-        uc.hook_add(ucc.UC_HOOK_TLB_FILL, self._on_tlb_fill)
+        # a raw callback: a system's first touch of each page comes through
+        # here (about 30 a case), and the binding's wrapper costs ~4x this
+        self._tlb_cb = _ucpy.HOOK_TLB_FILL_CFUNC(self._on_tlb_fill)
+        hh = _ucpy.uc_hook_h()
+        err = _ucpy.uclib.uc_hook_add(
+            uc._uch, ctypes.byref(hh), ucc.UC_HOOK_TLB_FILL,
+            ctypes.cast(self._tlb_cb, ctypes.c_void_p), None, 1, 0,
+        )  # fmt: skip
+        if err:
+            raise UcError(err)
         uc.hook_add(ucc.UC_HOOK_INTR, self._on_intr)
         self._code_cb = _HOOK_CODE_CFUNC(self._on_code_raw)
         self._block_cb = _HOOK_CODE_CFUNC(self._on_block_raw)
@@ -952,12 +961,13 @@ class Executor:
 
     # ---- hooks -------------------------------------------------------------
 
-    def _on_tlb_fill(self, uc, vaddr, access, entry, user_data) -> bool:
+    def _on_tlb_fill(self, handle, vaddr, access, entry, user_data) -> bool:
         if not _canonical(vaddr):
             self._bad_vaddr = vaddr
             return False
-        entry.paddr = vaddr & VA_MASK
-        entry.perms = ucc.UC_PROT_ALL  # the mapping's own perms still apply
+        e = entry.contents
+        e.paddr = vaddr & VA_MASK
+        e.perms = ucc.UC_PROT_ALL  # the mapping's own perms still apply
         return True
 
     def _on_intr(self, uc, intno, user_data) -> None:
