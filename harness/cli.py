@@ -217,9 +217,9 @@ def cmd_bench(args) -> int:
     names = _available(_engines(args))
     print(
         f"$ jitdiff bench {' '.join('--engine ' + n for n in names)} --cases {args.cases} "
-        f"--seed {args.seed}"
+        f"--seed {args.seed} --rounds {args.rounds}"
     )
-    print(bench(names, cases=args.cases, seed=args.seed))
+    print(bench(names, cases=args.cases, seed=args.seed, rounds=args.rounds))
     return 0
 
 
@@ -313,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("bench", help="differential cases per second, with a breakdown")
     sp.add_argument("--cases", type=int, default=300)
     sp.add_argument("--seed", type=int, default=1)
+    sp.add_argument("--rounds", type=int, default=3, help="report each phase's best round")
     common(sp)
     sp.set_defaults(fn=cmd_bench)
 

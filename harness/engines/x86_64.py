@@ -36,13 +36,18 @@ class X86Engine(Engine):
     def compile(self, case: Case):
         return compile_system(case, self.profile, self.variant)
 
-    def run(self, case: Case, *, budget: int = 1_000_000, lockstep: bool = False) -> CaseOutcome:
-        try:
-            native = self.compile(case)
-        except Unsupported as e:
-            return self._all(case, Status.UNSUPPORTED, str(e))
-        except JitdiffError as e:
-            return self._all(case, Status.REJECTED, f"JIT refused: {e}")
+    def run(
+        self, case: Case, *, budget: int = 1_000_000, lockstep: bool = False, native=None
+    ) -> CaseOutcome:
+        """``native``: the case's images from ``compile`` (``jitdiff bench``
+        times the two apart); compiled here when not given."""
+        if native is None:
+            try:
+                native = self.compile(case)
+            except Unsupported as e:
+                return self._all(case, Status.UNSUPPORTED, str(e))
+            except JitdiffError as e:
+                return self._all(case, Status.REJECTED, f"JIT refused: {e}")
 
         def repatch(map_name, key, old, new):
             patches = []

@@ -120,6 +120,11 @@ _PURE: dict[tuple, bytes] = {}
 _PURE_MAX = 1 << 16
 
 
+def clear_memo() -> None:
+    """Forget the memoised bytes (``jitdiff bench`` starts every round cold)."""
+    _PURE.clear()
+
+
 class JitError(JitdiffError):
     """The modelled JIT failed where the kernel's would (falls back / rejects)."""
 
