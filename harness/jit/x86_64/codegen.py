@@ -524,17 +524,8 @@ class FuncJit:
                 key = (code, dst, value & ((1 << 64) - 1))
             if key is not None:
                 hit = _PURE.get(key)
-                if hit is not None:
+                if hit is not None:  # emitted before: the memo path above takes it
                     memo[i - 1] = (hit, code == isa.LD_IMM64)
-                    if code == isa.LD_IMM64:
-                        i += 1
-                    ilen = len(hit)
-                    if image is not None and proglen + ilen != addrs[i]:
-                        raise JitError("bpf_jit: fatal error (image pass changed an insn size)")
-                    out += hit
-                    proglen += ilen
-                    addrs[i] = proglen
-                    i += 1
                     continue
             op = code & 0xF0
             is64 = c == isa.ALU64
