@@ -332,68 +332,94 @@ class Interpreter:
     # ---- the loop --------------------------------------------------------
 
     def _loop(self, run: _Run) -> int:
-        # the hot loop: locals and the opcode's class as an int (the loop runs
-        # a few hundred thousand steps a second; readability lives in the
-        # helpers it dispatches to)
+        """Run until the entry program returns. The inner loop keeps one
+        frame's pc, registers and step count in locals and leaves for
+        calls and exits (and writes them back before anything can raise:
+        errors are reported at the frame's pc); readability lives in the
+        helpers it dispatches to."""
         budget, lockstep, frames = self.budget, self.lockstep, run.frames
-        alu, store, read, reg = self._alu, self._store, self.read, self._reg
+        alu, store, read = self._alu, self._store, self.read
+        ALU, ALU64, LDX, ST, STX = isa.ALU, isa.ALU64, isa.LDX, isa.ST, isa.STX
+        JMP, JMP32, CALL, EXIT = isa.JMP, isa.JMP32, isa.CALL, isa.EXIT
+        MOV, X, LD_IMM64, MEMSX = isa.MOV, isa.X, isa.LD_IMM64, isa.MEMSX
+        SIZE_BYTES = isa.SIZE_BYTES
         while True:
             f = frames[-1]
             insns = f.prog.insns
+            n = len(insns)
+            regs = f.regs
             pc = f.pc
-            if not 0 <= pc < len(insns):
-                raise Invalid(f"fell off the program at pc {pc}")
-            run.steps += 1
-            if run.steps > budget:
-                raise Runaway()
-            insn = insns[pc]
-            if lockstep:
-                regs = tuple(self.symbolize(r) for r in f.regs)
-                run.events.append(Event("step", f.where(), regs))
-            code = insn.opcode
-            c = code & 0x07
-            if c == isa.ALU64 or c == isa.ALU:
-                alu(f, insn)
-                f.pc = pc + 1
-            elif c == isa.JMP or c == isa.JMP32:
-                op = code & 0xF0
-                if op == isa.CALL:
-                    done = self._call(run, f, insn)
-                    if done is not None:
-                        return done
-                elif op == isa.EXIT:
-                    r0 = reg(f, 0)
-                    if isinstance(self.symbolize(r0), tuple):
-                        # the verifier wants a scalar at subprogram exit, and
-                        # an address returned by main differs between engines
-                        raise Invalid("R0 leaks addr as return value")
-                    done = self._return(run, r0)
-                    if done is not None:
-                        return done
-                elif self._taken(f, insn):
-                    f.pc = isa.jump_target(pc, insn)
-                else:
-                    f.pc = pc + 1
-            elif code == isa.LD_IMM64:
-                self._ld_imm64(f, insn, insns[pc + 1])
-                f.pc = pc + 2
-            elif c == isa.LDX:
-                mode, size = code & 0xE0, isa.SIZE_BYTES[code & 0x18]
-                if mode != isa.MEM and mode != isa.MEMSX:
-                    raise Invalid(f"unsupported load mode {code:#x}")
-                v = int.from_bytes(read((reg(f, insn.src) + insn.off) & U64, size), "little")
-                f.regs[insn.dst] = sext(v, size * 8) if mode == isa.MEMSX else v
-                f.pc = pc + 1
-            elif c == isa.ST or c == isa.STX:
-                store(f, insn)
-                f.pc = pc + 1
+            steps = run.steps
+            try:
+                while True:
+                    if not 0 <= pc < n:
+                        raise Invalid(f"fell off the program at pc {pc}")
+                    steps += 1
+                    if steps > budget:
+                        raise Runaway()
+                    insn = insns[pc]
+                    if lockstep:
+                        f.pc = pc
+                        run.events.append(
+                            Event("step", f.where(), tuple(self.symbolize(r) for r in regs))
+                        )
+                    code = insn.opcode
+                    c = code & 0x07
+                    if c == ALU64 or c == ALU:
+                        if code & 0xF0 == MOV and not insn.off:
+                            # mov, the commonest instruction, inline
+                            if code & X:
+                                v = regs[insn.src]
+                                if v is None:
+                                    raise _uninit(insn.src)
+                            else:
+                                v = insn.imm
+                            regs[insn.dst] = v & (U64 if c == ALU64 else U32)
+                        else:
+                            alu(f, insn)
+                        pc += 1
+                    elif c == LDX:
+                        mode, size = code & 0xE0, SIZE_BYTES[code & 0x18]
+                        if mode != isa.MEM and mode != MEMSX:
+                            raise Invalid(f"unsupported load mode {code:#x}")
+                        a = regs[insn.src]
+                        if a is None:
+                            raise _uninit(insn.src)
+                        v = int.from_bytes(read((a + insn.off) & U64, size), "little")
+                        regs[insn.dst] = sext(v, size * 8) if mode == MEMSX else v
+                        pc += 1
+                    elif c == ST or c == STX:
+                        store(f, insn)
+                        pc += 1
+                    elif c == JMP or c == JMP32:
+                        op = code & 0xF0
+                        if op == CALL or op == EXIT:
+                            break
+                        pc = isa.jump_target(pc, insn) if self._taken(f, insn) else pc + 1
+                    elif code == LD_IMM64:
+                        f.pc = pc  # a pseudo-func address is pc-relative
+                        self._ld_imm64(f, insn, insns[pc + 1])
+                        pc += 2
+                    else:
+                        raise Invalid(f"legacy packet access {code:#x} is not supported")
+            finally:
+                f.pc, run.steps = pc, steps
+            if op == CALL:
+                done = self._call(run, f, insn)
             else:
-                raise Invalid(f"legacy packet access {code:#x} is not supported")
+                r0 = self._reg(f, 0)
+                if isinstance(self.symbolize(r0), tuple):
+                    # the verifier wants a scalar at subprogram exit, and
+                    # an address returned by main differs between engines
+                    raise Invalid("R0 leaks addr as return value")
+                done = self._return(run, r0)
+            if done is not None:
+                return done
 
     def _reg(self, f: Frame, r: int) -> int:
         v = f.regs[r]
         if v is None:
-            raise Invalid(f"R{r} !read_ok (read of an uninitialised register)")
+            raise _uninit(r)
         return v
 
     # ---- ALU -------------------------------------------------------------
@@ -663,6 +689,10 @@ _JUMP_TESTS = {
     isa.JSLE: operator.le,
 }
 _SIGNED_JUMPS = frozenset((isa.JSGT, isa.JSGE, isa.JSLT, isa.JSLE))
+
+
+def _uninit(r: int) -> Invalid:
+    return Invalid(f"R{r} !read_ok (read of an uninitialised register)")
 
 
 def check_structure(prog: Program) -> tuple[Where, str] | None:
