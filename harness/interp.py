@@ -84,6 +84,12 @@ class Layout:
     HIGHEST = MAPS + 256 * MAP_SPAN
 
 
+_STACK, _SPAN = Layout.STACK, Layout.FRAME_SPAN
+_LOWEST, _HIGHEST = Layout.LOWEST, Layout.HIGHEST
+#: init-mask bytes for a write of n bytes (helpers write up to a stack frame)
+_ONES = [b"\1" * n for n in range(513)]
+
+
 def frame_pointer(depth: int) -> int:
     """BPF r10 of the frame at ``depth`` (frames[i] always has depth i: a tail
     call or a throw replaces a frame in place)."""
@@ -244,11 +250,17 @@ class Interpreter:
 
     def _region(self, addr: int, size: int) -> tuple[bytearray, int, bytearray | None, str]:
         """(buffer, offset, init-mask or None, kind) for an in-bounds access."""
-        f = self._frame_at(addr)
-        if f is not None:
-            fp = frame_pointer(f.depth)
-            if addr + size <= fp:
-                return f.stack, addr - (fp - len(f.stack)), f.init, "stack"
+        # stacks first, found arithmetically (``_frame_at`` inline: this is
+        # every load and store)
+        run = self._run
+        if run is not None and addr >= _STACK:
+            d = (addr - _STACK) // _SPAN
+            if d < len(run.frames):
+                f = run.frames[d]
+                fp = _STACK + (d + 1) * _SPAN
+                lo = fp - len(f.stack)
+                if lo <= addr and addr + size <= fp:
+                    return f.stack, addr - lo, f.init, "stack"
         if Layout.CTX <= addr and addr + size <= Layout.CTX + len(self.case.ctx):
             return self.ctx, addr - Layout.CTX, None, "ctx"
         for i, m in enumerate(self.maps):
@@ -271,12 +283,13 @@ class Interpreter:
         return bytes(buf[off : off + size])
 
     def write(self, addr: int, data: bytes) -> None:
-        buf, off, init, kind = self._region(addr, len(data))
+        n = len(data)
+        buf, off, init, kind = self._region(addr, n)
         if kind == "ctx" and not self.ctx_writable:
             raise Invalid("write to ctx")
-        buf[off : off + len(data)] = data
+        buf[off : off + n] = data
         if init is not None:
-            init[off : off + len(data)] = b"\1" * len(data)
+            init[off : off + n] = _ONES[n] if n < len(_ONES) else b"\1" * n
 
     def _fp_of(self, addr: int) -> int:
         f = self._frame_at(addr)
@@ -306,6 +319,13 @@ class Interpreter:
     def value_addr(self, m: MapState, key: int) -> int:
         i = self.maps.index(m)
         return Layout.MAPS + i * Layout.MAP_SPAN + Layout.VALUES + key * elem_stride(m.value_size)
+
+    def _syms(self, values) -> tuple:
+        """``symbolize`` of each value, as a tuple (most are scalars)."""
+        for v in values:
+            if v is not None and _LOWEST <= v <= _HIGHEST:
+                return tuple(self.symbolize(v) for v in values)
+        return tuple(values)
 
     def symbolize(self, value: int | None):
         """The engine-independent name of a pointer (see ``harness.emu``)."""
@@ -566,7 +586,7 @@ class Interpreter:
     # ---- calls, tail calls, exits, throws --------------------------------
 
     def _args(self, f: Frame) -> tuple:
-        return tuple(self.symbolize(f.regs[r]) for r in range(1, 6))
+        return self._syms(f.regs[1:6])
 
     def _clobber_args(self, f: Frame) -> None:
         for r in range(1, 6):
@@ -605,7 +625,7 @@ class Interpreter:
                 f.where(),
                 (
                     insn.imm,
-                    tuple(self.symbolize(a) for a in args[: helper.nargs]),
+                    self._syms(args[: helper.nargs]),
                     self.symbolize(r0),
                     read,
                 ),
@@ -649,7 +669,7 @@ class Interpreter:
         caller.regs[0] = r0
         self._clobber_args(caller)
         caller.pc += 1
-        preserved = tuple(self.symbolize(caller.regs[r]) for r in range(6, 10))
+        preserved = self._syms(caller.regs[6:10])
         run.events.append(Event("ret", caller.where(caller.pc - 1), (r0, preserved)))
         return None
 
