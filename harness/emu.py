@@ -36,7 +36,7 @@ from __future__ import annotations
 import ctypes
 import operator
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -627,6 +627,10 @@ class Executor:
         def add(addr: int, kind: int, *payload) -> None:
             actions.setdefault(addr, []).append((kind, *payload))
 
+        calls = {  # per program, the pcs of its call instructions
+            name: [pc for pc, i in enumerate(p.insns) if i.opcode == isa.JMP | isa.CALL]
+            for name, p in case.programs.items()
+        }
         for fi in self._funcs:
             prog = case.programs.get(fi.prog)
             f = fi.func
@@ -637,16 +641,18 @@ class Executor:
             if prog is None:
                 continue
             ia = f.insn_addrs
-            n = len(ia)
-            for k in range(n):
-                pc = f.start_pc + k
-                if pc >= len(prog.insns):
-                    break
-                insn = prog.insns[pc]
-                if lockstep and (k == 0 or ia[k] != ia[k - 1]):
-                    add(ia[k], A_STEP, fi, pc)
-                if insn.opcode != isa.JMP | isa.CALL or k + 1 >= n:
+            start = f.start_pc
+            n = min(len(ia), len(prog.insns) - start)
+            if lockstep:
+                for k in range(n):
+                    if k == 0 or ia[k] != ia[k - 1]:
+                        add(ia[k], A_STEP, fi, start + k)
+            pcs = calls[fi.prog]
+            for pc in pcs[bisect_left(pcs, start) : bisect_left(pcs, start + n)]:
+                k = pc - start
+                if k + 1 >= len(ia):
                     continue
+                insn = prog.insns[pc]
                 nxt = ia[k + 1]
                 if insn.src == isa.PSEUDO_CALL:
                     add(ia[k], A_CALL, fi, pc, pc + 1 + insn.imm, nxt)
