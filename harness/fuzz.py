@@ -231,6 +231,27 @@ def _save(corpus: Path, f: Finding) -> str | None:
     return str(path)
 
 
+def _record(summary: Summary, f: Finding, corpus: Path | None) -> Finding | None:
+    """Keep one finding per signature: the one earliest in the seed's order,
+    whichever worker's arrived first (a worker still shrinking an earlier
+    case reports it late), so a seed's report does not depend on timing.
+    Returns the finding to print, if it is kept."""
+    old = next((g for g in summary.findings if g.signature == f.signature), None)
+    if old is None:
+        if corpus is not None:
+            f.path = _save(corpus, f)
+        summary.findings.append(f)
+        return f
+    summary.duplicates += 1
+    if f.index >= old.index:
+        return None
+    if old.path is not None:  # written by this campaign: replace it (atomically)
+        casefile.save(casefile.parse(f.text, file=old.path), Path(old.path))
+        f.path = old.path
+    summary.findings[summary.findings.index(old)] = f
+    return f
+
+
 def run_campaign(camp: Campaign, *, stream=None) -> Summary:
     stream = stream or sys.stderr  # looked up now: tests swap sys.stderr
     summary = Summary()
@@ -245,7 +266,6 @@ def run_campaign(camp: Campaign, *, stream=None) -> Summary:
     for p in procs:
         p.start()
     done = 0
-    sigs: set[str] = set()
     tty = camp.progress and stream.isatty()
     last_draw = 0.0
     while done < len(procs):
@@ -266,17 +286,11 @@ def run_campaign(camp: Campaign, *, stream=None) -> Summary:
         elif kind == "known":
             summary.known[msg[1]] += 1
         elif kind == "finding":
-            f = msg[1]
-            if f.signature in sigs:
-                summary.duplicates += 1
-                continue
-            sigs.add(f.signature)
-            if camp.corpus is not None:
-                f.path = _save(camp.corpus, f)
-            summary.findings.append(f)
-            print(f.text, file=stream)
-            if camp.stop_on_first:
-                stop.set()
+            f = _record(summary, msg[1], camp.corpus)
+            if f is not None:
+                print(f.text, file=stream)
+                if camp.stop_on_first:
+                    stop.set()
         elif kind == "done":
             done += 1
         now = time.monotonic()

@@ -4,7 +4,7 @@ corpus gets one file per divergence signature and never loses a file."""
 from __future__ import annotations
 
 from harness import casefile
-from harness.fuzz import Campaign, Finding, _save, run_campaign
+from harness.fuzz import Campaign, Finding, Summary, _record, _save, run_campaign
 
 CASE = "program p sched_cls\nmain:\n    r0 = 1\n    exit\n"
 
@@ -44,3 +44,19 @@ def test_corpus_writes_never_overwrite(tmp_path):
     before = open(first).read()
     assert _save(tmp_path, f) is None  # same signature: not written again
     assert open(first).read() == before
+
+
+def test_a_signature_keeps_the_finding_earliest_in_the_seed_order(tmp_path):
+    # worker 0 reports case 306 while worker 1 is still shrinking case 3 of
+    # the same bug: the report (and the corpus file) must end up with case 3
+    sig = "x86_64|retval:return value"
+    late_text = CASE.replace("r0 = 1", "r0 = 2")
+    early_text = CASE.replace("r0 = 1", "r0 = 3")
+    summary = Summary()
+    first = _record(summary, Finding("x86_64", sig, "retval", 306, 1.0, late_text, 2, 1), tmp_path)
+    assert first is not None and first.path is not None
+    kept = _record(summary, Finding("x86_64", sig, "retval", 3, 0.1, early_text, 2, 1), tmp_path)
+    assert kept is not None and kept.index == 3 and kept.path == first.path
+    assert _record(summary, Finding("x86_64", sig, "retval", 10, 0.2, CASE, 2, 1), tmp_path) is None
+    assert [f.index for f in summary.findings] == [3] and summary.duplicates == 2
+    assert casefile.load(first.path).programs["p"].insns[0].imm == 3
