@@ -240,6 +240,23 @@ class _Raw:
         self._one_ref = ctypes.byref(self._one)
         self._write_bufs: dict[tuple[str, ...], tuple] = {}
 
+    def hook(self, kind: int, callback, begin: int = 1, end: int = 0, user_data=None) -> int:
+        """uc_hook_add with a ctypes callback made once by the caller (the
+        binding's hook_add makes a new one per call); begin > end: everywhere."""
+        hh = _ucpy.uc_hook_h()
+        err = _ucpy.uclib.uc_hook_add(
+            self.h, ctypes.byref(hh), kind, ctypes.cast(callback, ctypes.c_void_p), user_data,
+            ctypes.c_uint64(begin), ctypes.c_uint64(end),
+        )  # fmt: skip
+        if err:
+            raise UcError(err)
+        return hh.value
+
+    def unhook(self, hooks: list[int]) -> None:
+        for h in hooks:
+            _ucpy.uclib.uc_hook_del(self.h, _ucpy.uc_hook_h(h))
+        hooks.clear()
+
     def regs(self) -> list[int]:
         """All of _REG_NAMES, in order."""
         self._batch_read(self.h, self._ids, self._ptrs, self._n)
@@ -408,13 +425,7 @@ class Executor:
         # a raw callback: a system's first touch of each page comes through
         # here (about 30 a case), and the binding's wrapper costs ~4x this
         self._tlb_cb = _ucpy.HOOK_TLB_FILL_CFUNC(self._on_tlb_fill)
-        hh = _ucpy.uc_hook_h()
-        err = _ucpy.uclib.uc_hook_add(
-            uc._uch, ctypes.byref(hh), ucc.UC_HOOK_TLB_FILL,
-            ctypes.cast(self._tlb_cb, ctypes.c_void_p), None, 1, 0,
-        )  # fmt: skip
-        if err:
-            raise UcError(err)
+        self.raw.hook(ucc.UC_HOOK_TLB_FILL, self._tlb_cb)
         uc.hook_add(ucc.UC_HOOK_INTR, self._on_intr)
         self._code_cb = _HOOK_CODE_CFUNC(self._on_code_raw)
         self._block_cb = _HOOK_CODE_CFUNC(self._on_block_raw)
@@ -597,31 +608,22 @@ class Executor:
             self.uc.mem_write(base, fill * size)
 
     def _set_mem_hooks(self, ranges: list[tuple[int, int, str]]) -> None:
-        # one ctypes callback for all of them (the binding's hook_add makes a
-        # new one per call, ~40 us); user_data indexes the range's name
-        for h in self._mem_hooks:
-            _ucpy.uclib.uc_hook_del(self.uc._uch, _ucpy.uc_hook_h(h))
-        self._mem_hooks = []
+        # one ctypes callback for all of them; user_data indexes the name
+        self.raw.unhook(self._mem_hooks)
         self._mem_what = [what for _, _, what in ranges]
-        hh = _ucpy.uc_hook_h()
-        fptr = ctypes.cast(self._mem_cb, ctypes.c_void_p)
         for k, (lo, hi, _) in enumerate(ranges):
             # memory hooks see the masked (physical) address
-            err = _ucpy.uclib.uc_hook_add(
-                self.uc._uch, ctypes.byref(hh), ucc.UC_HOOK_MEM_WRITE, fptr,
-                ctypes.c_void_p(k), ctypes.c_uint64(lo & VA_MASK),
-                ctypes.c_uint64((hi - 1) & VA_MASK),
-            )  # fmt: skip
-            if err:
-                raise UcError(err)
-            self._mem_hooks.append(hh.value)
+            self._mem_hooks.append(
+                self.raw.hook(
+                    ucc.UC_HOOK_MEM_WRITE, self._mem_cb, lo & VA_MASK, (hi - 1) & VA_MASK,
+                    ctypes.c_void_p(k),
+                )  # fmt: skip
+            )
 
     # ---- setup: hooks --------------------------------------------------------
 
     def _setup_hooks(self, case: Case, native: NativeSystem, lockstep: bool) -> None:
-        for h in self._code_hooks:
-            _ucpy.uclib.uc_hook_del(self.uc._uch, _ucpy.uc_hook_h(h))
-        self._code_hooks = []
+        self.raw.unhook(self._code_hooks)
         actions: dict[int, list[tuple]] = {}
 
         def add(addr: int, kind: int, *payload) -> None:
@@ -682,23 +684,10 @@ class Executor:
         self._tail_landings = {
             a for a, acts in actions.items() if any(t[0] in (A_ENTRY, A_TC_ENTRY) for t in acts)
         }
-        hh = _ucpy.uc_hook_h()
-        fptr = ctypes.cast(self._code_cb, ctypes.c_void_p)
         for addr in self._actions:
-            err = _ucpy.uclib.uc_hook_add(
-                self.uc._uch, ctypes.byref(hh), ucc.UC_HOOK_CODE, fptr, None, addr, addr
-            )
-            if err:
-                raise UcError(err)
-            self._code_hooks.append(hh.value)
+            self._code_hooks.append(self.raw.hook(ucc.UC_HOOK_CODE, self._code_cb, addr, addr))
         if self.exact_steps and self._block_hook is None:
-            fptr = ctypes.cast(self._block_cb, ctypes.c_void_p)
-            err = _ucpy.uclib.uc_hook_add(
-                self.uc._uch, ctypes.byref(hh), ucc.UC_HOOK_BLOCK, fptr, None, 1, 0
-            )
-            if err:
-                raise UcError(err)
-            self._block_hook = hh.value
+            self._block_hook = self.raw.hook(ucc.UC_HOOK_BLOCK, self._block_cb)
 
     # ---- per case: contents --------------------------------------------------
 
@@ -989,13 +978,18 @@ class Executor:
             )
         uc.emu_stop()
 
+    def _defer(self, e: BaseException) -> None:
+        """An exception in a callback cannot cross Unicorn: stop, and let
+        _run_prog raise it once emu_start returns."""
+        if self._exc is None:
+            self._exc = e
+        self.raw.emu_stop(self.raw.h)
+
     def _on_protected_write_raw(self, handle, access, address, size, value, user_data) -> None:
         try:
             self._on_protected_write(address, size, self._mem_what[user_data or 0])
-        except BaseException as e:  # surfaced by _run_prog after emu_start returns
-            if self._exc is None:
-                self._exc = e
-            self.raw.emu_stop(self.raw.h)
+        except BaseException as e:
+            self._defer(e)
 
     def _on_protected_write(self, address: int, size: int, what: str) -> None:
         run = self._run
@@ -1024,10 +1018,8 @@ class Executor:
     def _on_code_raw(self, handle, address, size, user_data) -> None:
         try:
             self._on_code(address)
-        except BaseException as e:  # surfaced by _run_prog after emu_start returns
-            if self._exc is None:
-                self._exc = e
-            self.raw.emu_stop(self.raw.h)
+        except BaseException as e:
+            self._defer(e)
 
     def _stop(self, status: Status, where: Where | None, detail: str) -> None:
         run = self._run
