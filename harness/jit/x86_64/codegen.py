@@ -111,13 +111,16 @@ MAX_PASSES = 20
 PADDING_PASSES = MAX_PASSES - 5
 ALL_CALLEE_REGS = (True, True, True, True)
 #: instruction classes whose x86 bytes depend only on the instruction (after
-#: the private-stack register swap) and the BMI2 switch: never on an address,
-#: a pass or a fault. The pass loop re-emits a function many times and
-#: generated programs repeat instructions, so their bytes are memoised; the
-#: bytes are those the full emitter below produced for the same key.
+#: the private-stack register swap) and the JIT options (BMI2; the key holds
+#: all of them, faults and design included, though none touches these
+#: classes today): never on an address or a pass. The pass loop re-emits a
+#: function many times and generated programs repeat instructions, so their
+#: bytes are memoised; they are what the full emitter below produced for the
+#: same key.
 _PURE_CLASSES = frozenset((isa.ALU, isa.ALU64, isa.LDX, isa.ST, isa.STX))
 _PURE: dict[tuple, bytes] = {}
 _PURE_MAX = 1 << 16
+_OPTIONS: dict[JitOptions, int] = {}
 
 
 def clear_memo() -> None:
@@ -249,6 +252,7 @@ class FuncJit:
     passes: int = 0
     _padding: bool = False
     _used: list[bool] | None = None
+    _salt: int = 0
     #: per insn: (bytes, is ld_imm64) of a pure insn once emitted, else None
     _memo: list | None = None
 
@@ -460,10 +464,11 @@ class FuncJit:
             stack_depth = 0
         if self._used is None:
             self._used = _detect_reg_usage(f)
+            # the options as a small int: a dataclass hashes its fields every time
+            self._salt = _OPTIONS.setdefault(opts, len(_OPTIONS))
             self._memo = [None] * len(f.insns)
-        memo = self._memo
+        memo, salt = self._memo, self._salt
         used = self._used
-        bmi2 = opts.bmi2
         out = bytearray()
         pokes: list[PokeRecord] = []
 
@@ -515,13 +520,13 @@ class FuncJit:
             c = code & 0x07
             key = None
             if c in _PURE_CLASSES:
-                key = (code, dst, src, insn.off, imm32, bmi2)
+                key = (code, dst, src, insn.off, imm32, salt)
             elif code == isa.LD_IMM64:
                 if x.map_ref is not None:
                     value = self.map_addr(x.map_ref[0]) + x.map_ref[1]
                 else:
                     value = (insns[i].insn.imm << 32) | (imm32 & 0xFFFFFFFF)
-                key = (code, dst, value & ((1 << 64) - 1))
+                key = (code, dst, value & ((1 << 64) - 1), salt)
             if key is not None:
                 hit = _PURE.get(key)
                 if hit is not None:  # emitted before: the memo path above takes it
