@@ -40,7 +40,20 @@ class Draw(Protocol):
         ...
 
 
-class RandomDraw:
+class _Sized:
+    """``more`` for every Draw, on top of its ``boolean``."""
+
+    def more(self, n: int, *, min_size: int = 0, max_size: int, average: float = 2.0) -> bool:
+        # the same protocol as st.lists: one coin per element, so deleting an
+        # element is deleting a contiguous run of choices
+        if n < min_size:
+            return True
+        if n >= max_size:
+            return False
+        return self.boolean(average / (average + 1.0))
+
+
+class RandomDraw(_Sized):
     """Choices from ``random.Random(seed)``: the fast, deterministic path.
 
     Every answer is also recorded in ``choices`` as its distance from the
@@ -67,15 +80,9 @@ class RandomDraw:
         self.choices.append(i)
         return options[i]
 
-    def more(self, n: int, *, min_size: int = 0, max_size: int, average: float = 2.0) -> bool:
-        if n < min_size:
-            return True
-        if n >= max_size:
-            return False
-        return self.boolean(average / (average + 1.0))
 
 
-class ChoiceDraw:
+class ChoiceDraw(_Sized):
     """Answers replayed from a recorded choice list (see ``RandomDraw``);
     values are clamped into range and a list that runs out answers the
     simplest value, so every edited list still builds a valid system."""
@@ -100,18 +107,12 @@ class ChoiceDraw:
     def choice(self, options: Sequence[T]) -> T:
         return options[self._next(len(options) - 1)]
 
-    def more(self, n: int, *, min_size: int = 0, max_size: int, average: float = 2.0) -> bool:
-        if n < min_size:
-            return True
-        if n >= max_size:
-            return False
-        return self.boolean()
 
 
 _COIN = st.integers(0, 255)
 
 
-class HypothesisDraw:
+class HypothesisDraw(_Sized):
     """Choices from a Hypothesis ``data`` object (``st.composite``/``st.data()``)."""
 
     def __init__(self, draw):
@@ -140,11 +141,3 @@ class HypothesisDraw:
     def choice(self, options: Sequence[T]) -> T:
         return options[self.integer(0, len(options) - 1)]
 
-    def more(self, n: int, *, min_size: int = 0, max_size: int, average: float = 2.0) -> bool:
-        # the same protocol as st.lists: one coin per element, so deleting an
-        # element is deleting a contiguous run of choices
-        if n < min_size:
-            return True
-        if n >= max_size:
-            return False
-        return self.boolean(average / (average + 1.0))
