@@ -423,11 +423,7 @@ class KernelEngine(Engine):
 
     def __init__(self, profile: Profile = LINUX, **options):
         super().__init__(profile, **options)
-        self.worker = Worker(
-            timeout=options.get("timeout", 120.0),
-            crash_dir=options.get("crash_dir"),
-            stop_on_crash=options.get("stop_on_crash", False),
-        )
+        self.worker = Worker.from_options(options)
         self._executor = None
         self.last_native: NativeSystem | None = None
 

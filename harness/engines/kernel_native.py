@@ -57,11 +57,7 @@ class KernelNativeEngine(Engine):
 
     def __init__(self, profile: Profile = LINUX, **options):
         super().__init__(profile, **options)
-        self.worker = Worker(
-            timeout=options.get("timeout", 120.0),
-            crash_dir=options.get("crash_dir"),
-            stop_on_crash=options.get("stop_on_crash", False),
-        )
+        self.worker = Worker.from_options(options)
 
     @classmethod
     def unavailable(cls) -> str | None:

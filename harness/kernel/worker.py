@@ -309,6 +309,16 @@ class Worker:
         self._kmsg = _Kmsg()
         self.tainted_at_start = tainted()
 
+    @classmethod
+    def from_options(cls, options: dict) -> Worker:
+        """A worker from an engine's options (``timeout``, ``crash_dir``,
+        ``stop_on_crash``), the defaults where absent."""
+        return cls(
+            timeout=options.get("timeout", 120.0),
+            crash_dir=options.get("crash_dir"),
+            stop_on_crash=options.get("stop_on_crash", False),
+        )
+
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
