@@ -83,6 +83,8 @@ def build_system(draw: Draw, config: Config = DEFAULT) -> Case:
     tail = "tail_calls" in feats
     n_progs = draw.integer(1, config.max_programs) if tail else 1
     slots = tail_calls.draw_slots(draw, config, feats, n_progs) if tail else None
+    if slots is not None:
+        n_progs = 1 + max((v for v in slots if v is not None), default=0)
     if ptype == "raw_tp":
         ctx = _random_bytes(draw, 8 * draw.integer(1, config.max_ctx // 8))
     else:

@@ -12,6 +12,7 @@ import os
 import platform
 import time
 from collections import defaultdict
+from dataclasses import fields
 
 from generators.config import Config
 from harness import engines
@@ -86,9 +87,15 @@ def bench(
         keep(best, t)
         for name, pe in pes.items():
             keep(per_engine[name], pe)
+    changed = ", ".join(
+        f"{f.name}={getattr(config, f.name)!r}"
+        for f in fields(Config)
+        if getattr(config, f.name) != getattr(Config(), f.name)
+    )
     lines = [
         f"machine: {_machine()}",
-        f"{cases} systems, seed {seed}, default generator settings, one process, "
+        f"{cases} systems, seed {seed}, generator settings "
+        f"{'Config(' + changed + ')' if changed else 'default'}, one process, "
         f"best of {rounds} rounds",
         f"  generate   {1000 * best['generate'] / cases:8.2f} ms/case",
         f"  interpret  {1000 * best['interpret'] / cases:8.2f} ms/case",
