@@ -81,7 +81,6 @@ class RandomDraw(_Sized):
         return options[i]
 
 
-
 class ChoiceDraw(_Sized):
     """Answers replayed from a recorded choice list (see ``RandomDraw``);
     values are clamped into range and a list that runs out answers the
@@ -106,7 +105,6 @@ class ChoiceDraw(_Sized):
 
     def choice(self, options: Sequence[T]) -> T:
         return options[self._next(len(options) - 1)]
-
 
 
 _COIN = st.integers(0, 255)
@@ -140,4 +138,3 @@ class HypothesisDraw(_Sized):
 
     def choice(self, options: Sequence[T]) -> T:
         return options[self.integer(0, len(options) - 1)]
-

@@ -615,7 +615,10 @@ class Executor:
             # memory hooks see the masked (physical) address
             self._mem_hooks.append(
                 self.raw.hook(
-                    ucc.UC_HOOK_MEM_WRITE, self._mem_cb, lo & VA_MASK, (hi - 1) & VA_MASK,
+                    ucc.UC_HOOK_MEM_WRITE,
+                    self._mem_cb,
+                    lo & VA_MASK,
+                    (hi - 1) & VA_MASK,
                     ctypes.c_void_p(k),
                 )  # fmt: skip
             )
