@@ -59,6 +59,8 @@ def bench(
         for k, v in got.items():
             into[k] = min(into.get(k, v), v)
 
+    #: per system, its best round's interpret + engine time (the spread)
+    each = [float("inf")] * cases
     for _ in range(rounds):
         clear_memo()
         t: dict[str, float] = defaultdict(float)
@@ -66,8 +68,8 @@ def bench(
         systems = [case_for(seed, i, config)[0] for i in range(cases)]
         t["generate"] = time.perf_counter() - t0
         pes: dict[str, dict[str, float]] = {e.name: defaultdict(float) for e in cands}
-        for case in systems:
-            t0 = time.perf_counter()
+        for k, case in enumerate(systems):
+            start = t0 = time.perf_counter()
             r = ref.run(case, budget=REFERENCE_BUDGET)
             t["interpret"] += time.perf_counter() - t0
             budget = native_budget(max((x.steps for x in r.runs), default=0))
@@ -84,6 +86,7 @@ def bench(
                 t0 = time.perf_counter()
                 compare_case(r.runs, out.runs)
                 pe["compare"] += time.perf_counter() - t0
+            each[k] = min(each[k], time.perf_counter() - start)
         keep(best, t)
         for name, pe in pes.items():
             keep(per_engine[name], pe)
@@ -110,6 +113,23 @@ def bench(
             f"  => {cases / total:.0f} differential cases/s per core "
             f"(interp vs {name}, generation included)"
         )
+    if cases:
+        lines.append(_spread(each))
     for e in cands:
         e.close()
     return "\n".join(lines)
+
+
+def _spread(each: list[float]) -> str:
+    """Where the time goes: the mean hides a heavy tail (33-call loops run
+    several times by a poke script), which is what a speed-up must hit."""
+    costs = sorted(each, reverse=True)
+    total = sum(costs)
+    share = [
+        f"the dearest {pct}% {100 * sum(costs[: max(1, len(costs) * pct // 100)]) / total:.0f}%"
+        for pct in (2, 10)
+    ]
+    return (
+        f"per system (interpret + engines): median {1000 * costs[len(costs) // 2]:.2f} ms, "
+        f"mean {1000 * total / len(costs):.2f} ms; of the time, {', '.join(share)}"
+    )

@@ -38,7 +38,12 @@ def test_agreeing_events_still_leave_maps_and_violations_to_their_oracles():
     ref = _run(_call(1, 2, None, None, None))
     v, d = compare(0, ref, _run(_call(1, 2, 3, 4, 5), maps={"m": b"\x01\x03"}))
     assert v is Verdict.DIVERGE
-    assert (d.oracle, d.expected, d.actual, d.detail) == ("memory", "0102", "0103", "map m contents")
+    assert (d.oracle, d.expected, d.actual, d.detail) == (
+        "memory",
+        "0102",
+        "0103",
+        "map m contents",
+    )
 
     bad = Violation("host_state", SUB, "callee-saved rbx is 0x1, expected 0x2")
     v, d = compare(0, ref, _run(_call(1, 2, 3, 4, 5), violations=[bad]))
