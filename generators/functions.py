@@ -279,6 +279,12 @@ def build_function(
     while fn.size < cfg.max_insns_per_function and draw.more(n, max_size=16, average=5.0):
         n += 1
         _STATEMENTS[draw.choice(_kinds(st))](st)
+    onward = [k for k, v in enumerate(sp.slots or ()) if v not in (None, prog)]
+    if is_main and prog == 0 and onward and draw.boolean(0.75):
+        # the entry hands over to another program on its way out: otherwise
+        # the other programs were often never entered (in half the systems
+        # that had one never entered, no tail call ran at all)
+        tail_calls.emit_tail_call(st, onward=draw.choice(onward))
     _epilogue(st)
     # what callers need to know
     by_name = {c.name: c for c in candidates}

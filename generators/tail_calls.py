@@ -44,9 +44,10 @@ def draw_slots(draw, config, features, n_progs: int) -> list[int | None]:
     return [None if v is None else index[v] for v in slots]
 
 
-def emit_tail_call(st: FnState) -> None:
+def emit_tail_call(st: FnState, onward: int | None = None) -> None:
     """``bpf_tail_call(ctx = r6, &progs, key)``; on failure execution falls
-    through with r0-r5 unreadable (r6-r9 survive)."""
+    through with r0-r5 unreadable (r6-r9 survive). ``onward``: a direct
+    call to that slot."""
     sp, draw, fn = st.sp, st.draw, st.fn
     slots = sp.slots
     m = len(slots)
@@ -61,7 +62,7 @@ def emit_tail_call(st: FnState) -> None:
         kinds.append("big_index")
     if sp.on("indirect_tail_calls"):
         kinds.append("indirect")
-    kind = draw.choice(kinds)
+    kind = "onward" if onward is not None else draw.choice(kinds)
     sp.used_maps.add("progs")
     if kind == "indirect":
         load_unknown(st, R3)
@@ -77,6 +78,9 @@ def emit_tail_call(st: FnState) -> None:
         key = draw.choice(filled) if filled and draw.boolean(0.75) else draw.integer(0, m - 1)
         sp.direct_keys.add(key)
         fn.mov(R3, imm=key)
+    elif kind == "onward":
+        sp.direct_keys.add(onward)
+        fn.mov(R3, imm=onward)
     elif kind == "empty":
         key = draw.choice(empty)
         sp.direct_keys.add(key)
