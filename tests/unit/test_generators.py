@@ -93,6 +93,10 @@ def check_case(case: Case) -> list:
         walk("main", 1, 0)
     types = {p.type for p in case.programs.values()}
     assert len(types) == 1, "programs sharing a prog array must share a type"
+    if "progs" in case.maps:
+        # every program but the entry can be entered: some slot holds it
+        held = set(case.maps["progs"].init.values())
+        assert set(case.programs) - {"p0"} <= held, f"no slot holds {set(case.programs) - held}"
     if "raw_tp" in types:
         assert 8 <= len(case.ctx) <= 96 and len(case.ctx) % 8 == 0
     outcomes = run_case(case)
