@@ -25,11 +25,11 @@ def draw_slots(draw, config, features, n_progs: int) -> list[int | None]:
     table: the entry program tail-calls itself.
 
     Programs are renumbered so that every one but the entry is in some slot:
-    a program no slot holds can never run (the script's updates only insert
-    the system's programs into slots tail calls already use), yet it was
-    generated, compiled and mapped; that was 19% of all generated
-    instructions. The renumbering keeps the first-drawn order, so a table
-    that shrinks towards p0 shrinks the system with it."""
+    a program no slot held ran only if a script update happened to insert it,
+    and programs held by neither were 19% of all generated instructions,
+    generated, compiled and mapped for nothing. The renumbering keeps the
+    first-drawn order, so a table that shrinks towards p0 shrinks the system
+    with it."""
     m = draw.integer(1, config.max_prog_array_size)
     slots: list[int | None] = []
     for _ in range(m):
