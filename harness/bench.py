@@ -93,7 +93,7 @@ def bench(
     changed = ", ".join(
         f"{f.name}={getattr(config, f.name)!r}"
         for f in fields(Config)
-        if getattr(config, f.name) != getattr(Config(), f.name)
+        if getattr(config, f.name) != f.default
     )
     lines = [
         f"machine: {_machine()}",

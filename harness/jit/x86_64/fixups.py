@@ -243,10 +243,6 @@ def _const_key(
     return r2, r3
 
 
-_DIV_MOD = (isa.DIV, isa.MOD)
-_ALU_CLASSES = (isa.ALU, isa.ALU64)
-
-
 def _div_patch(i: Insn) -> list[tuple[Insn, int | None]] | None:
     """do_misc_fixups() patchlets for div/mod; (insn, relative jump or None)."""
     c, code = i.cls, i.opcode & 0xF0
@@ -389,7 +385,7 @@ def translate(case: Case, prog: Program, *, private_stack_min: int = 64) -> XPro
                     entries.append((XInsn(i, pc, call=f"helper:{i.imm}"), None, None))
                 pc += 1
                 continue
-            patch = _div_patch(i) if i.opcode & 0xF0 in _DIV_MOD and c in _ALU_CLASSES else None
+            patch = _div_patch(i)
             if patch is not None:
                 for p, _ in patch:
                     if isa.is_jump(p):
