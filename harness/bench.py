@@ -113,8 +113,7 @@ def bench(
             f"  => {cases / total:.0f} differential cases/s per core "
             f"(interp vs {name}, generation included)"
         )
-    if cases:
-        lines.append(_spread(each))
+    lines.append(_spread(each))
     for e in cands:
         e.close()
     return "\n".join(lines)

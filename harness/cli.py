@@ -41,6 +41,20 @@ def _available(names: list[str], *, skip: bool = False) -> list[str]:
     return usable
 
 
+def _positive(kind):
+    """An argparse type: a count or a duration above zero (zero workers or
+    rounds would report nothing as if it were a result)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above zero, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
+
+
 def _options(args) -> dict:
     """Engine options from the command line (only what was asked for)."""
     return {"allow_known_crashes": True} if getattr(args, "allow_known_crashes", False) else {}
@@ -288,9 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.set_defaults(fn=cmd_show)
 
     sp = sub.add_parser("fuzz", help="a fuzzing campaign against the reference")
-    sp.add_argument("--time", type=float, help="seconds (default 60 unless --examples)")
-    sp.add_argument("--examples", type=int, help="number of systems")
-    sp.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    sp.add_argument("--time", type=_positive(float), help="seconds (default 60 unless --examples)")
+    sp.add_argument("--examples", type=_positive(int), help="number of systems")
+    sp.add_argument("--workers", type=_positive(int), help="worker processes (default: all cores)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--corpus", default="corpus", help="where shrunk divergences are saved")
     sp.add_argument("--no-save", action="store_true", help="print divergences only")
@@ -311,9 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     sp.set_defaults(fn=cmd_replay)
 
     sp = sub.add_parser("bench", help="differential cases per second, with a breakdown")
-    sp.add_argument("--cases", type=int, default=300)
+    sp.add_argument("--cases", type=_positive(int), default=300)
     sp.add_argument("--seed", type=int, default=1)
-    sp.add_argument("--rounds", type=int, default=3, help="report each phase's best round")
+    sp.add_argument(
+        "--rounds", type=_positive(int), default=3, help="report each phase's best round"
+    )
     common(sp)
     sp.set_defaults(fn=cmd_bench)
 
@@ -321,8 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         "mutants",
         help="fuzz every historical design and named fault from scratch and print the scoreboard",
     )
-    sp.add_argument("--time", type=float, default=60.0, help="seconds per mutant at most")
-    sp.add_argument("--workers", type=int, default=2)
+    sp.add_argument(
+        "--time", type=_positive(float), default=60.0, help="seconds per mutant at most"
+    )
+    sp.add_argument("--workers", type=_positive(int), default=2)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--only", action="append", help="one mutant spec (repeatable)")
     sp.add_argument("--no-shrink", action="store_true")

@@ -112,3 +112,21 @@ def test_fuzz_skips_an_unusable_engine_and_runs_the_others(capsys, monkeypatch):
     assert "4 cases" in out
     code, _, err = run(capsys, "fuzz", "--engine", "kernel", "--examples", "1", "--no-save")
     assert code == 2 and "no usable engine" in err
+
+
+def test_counts_and_durations_must_be_above_zero(capsys):
+    # zero workers or rounds used to print an empty scoreboard or divide by zero
+    for argv in (
+        ("bench", "--cases", "0"),
+        ("bench", "--rounds", "0"),
+        ("mutants", "--workers", "0"),
+        ("fuzz", "--time", "-1"),
+    ):
+        try:
+            main(list(argv))
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError(f"{argv} was accepted")
+        err = capsys.readouterr().err
+        assert "must be above zero" in err.strip().splitlines()[-1] and "Traceback" not in err
