@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from hypothesis.control import currently_in_test_context, event, target
 
-from harness import isa
-from harness.helpers import HELPER_IDS, TAIL_CALL
-from harness.interp import run_case
+from harness.formats import isa
 from harness.outcome import RunOutcome, Status
+from harness.reference.helpers import HELPER_IDS, TAIL_CALL
+from harness.reference.interp import run_case
 from harness.system import Case, Program
 
 __all__ = ["coverage", "record", "summary", "SHAPES", "FunctionFacts", "program_facts"]

@@ -10,9 +10,9 @@ it into ``Insn`` slots plus the ``{pc: label}`` table of function starts.
 
 from __future__ import annotations
 
-from harness import isa
-from harness.helpers import BPF_THROW
-from harness.isa import Insn
+from harness.formats import isa
+from harness.formats.isa import Insn
+from harness.reference.helpers import BPF_THROW
 
 __all__ = ["Fn", "link", "R0", "R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10"]
 

@@ -17,7 +17,7 @@ from generators.emit import R0, R1, R6, R10, Fn
 from generators.helpers import SMP_ID
 from generators.plan import FnState, SystemPlan, imm32
 from generators.values import emit_condition
-from harness import isa
+from harness.formats import isa
 
 __all__ = ["emit_throw", "emit_cookie", "build_callback", "CALLBACK"]
 

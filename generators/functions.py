@@ -22,7 +22,7 @@ from generators import exceptions, helpers, stack, tail_calls
 from generators.emit import R0, R1, R2, R6, R7, R8, R9, R10, Fn
 from generators.plan import FnPlan, FnState, SystemPlan, imm32, round16
 from generators.values import emit_condition
-from harness import isa
+from harness.formats import isa
 
 __all__ = ["build_function", "build_program", "emit_count", "ProgramParts"]
 

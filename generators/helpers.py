@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from generators.emit import R0, R1, R2, R3, R4, R10
 from generators.plan import FnState
-from harness import isa
-from harness.helpers import HELPER_IDS
+from harness.formats import isa
+from harness.reference.helpers import HELPER_IDS
 
 __all__ = ["emit_helper", "helper_kinds"]
 

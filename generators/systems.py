@@ -183,7 +183,7 @@ def tail_call_graphs(config: Config = DEFAULT) -> st.SearchStrategy[Case]:
 
 def helper_calls(config: Config = DEFAULT) -> st.SearchStrategy[Case]:
     """Systems with helper calls enabled (filtered to ones that made one)."""
-    from harness import isa
+    from harness.formats import isa
 
     def has_helper(c: Case) -> bool:
         return any(
@@ -197,7 +197,7 @@ def helper_calls(config: Config = DEFAULT) -> st.SearchStrategy[Case]:
 
 def throws(config: Config = DEFAULT) -> st.SearchStrategy[Case]:
     """sched_cls systems that contain bpf_throw."""
-    from harness import isa
+    from harness.formats import isa
 
     def has_throw(c: Case) -> bool:
         return any(

@@ -13,8 +13,8 @@ from __future__ import annotations
 from generators.emit import R0, R1, R2, R3, R6
 from generators.plan import FnState, SystemPlan, imm32
 from generators.values import load_unknown
-from harness import isa
-from harness.helpers import TAIL_CALL
+from harness.formats import isa
+from harness.reference.helpers import TAIL_CALL
 from harness.system import Step
 
 __all__ = ["draw_slots", "emit_tail_call", "draw_script"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from generators.emit import R6
 from generators.plan import FnState
-from harness import isa
+from harness.formats import isa
 
 __all__ = ["load_unknown", "emit_condition"]
 

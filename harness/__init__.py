@@ -1,12 +1,18 @@
-"""jitdiff's machinery: the ISA (``isa``), assembly (``asm``, ``ubpf``), the
-case model and file format (``system``, ``casefile``), the reference
-interpreter (``interp``, ``profile``, ``helpers``), the engines (``engines``,
-``jit``, ``kernel``, ``emu``, ``image``), the differential step (``runner``,
-``report``), and campaigns (``fuzz``, ``shrink``, ``reduce``, ``mutants``,
-``bench``, ``fidelity``). Entry point: ``cli``. Nothing here knows pytest."""
+"""jitdiff's machinery, by role:
+
+- ``formats``: the ISA as a table and the text formats (assembly, case files,
+  bpf_conformance ``.data``);
+- ``system``, ``outcome``, ``errors``: the data model every part shares;
+- ``reference``: the reference interpreter, its semantic profile, helper models;
+- ``jit`` (model JITs), ``kernel`` (the host kernel's bpf() layer) and
+  ``native`` (images and the Unicorn executor): native execution;
+- ``engines``: one small interface, one module per engine;
+- ``campaign``: the differential step, fuzzing, shrinking, mutants, bench;
+- ``report``: divergences as corpus cases, model-vs-kernel fidelity.
+
+Entry point: ``cli``. Nothing here knows pytest."""
 
 __all__ = [
-    "asm", "bench", "casefile", "cli", "conformance", "emu", "engines", "errors", "fidelity",
-    "fuzz", "helpers", "image", "interp", "isa", "jit", "kernel", "known", "mutants",
-    "outcome", "profile", "reduce", "report", "runner", "shrink", "system", "ubpf",
+    "campaign", "cli", "engines", "errors", "formats", "jit", "kernel", "native", "outcome",
+    "reference", "report", "system",
 ]  # fmt: skip

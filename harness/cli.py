@@ -11,9 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from harness import casefile, engines
+from harness import engines
 from harness.errors import JitdiffError
-from harness.profile import PROFILES
+from harness.formats import casefile
+from harness.reference.profile import PROFILES
 
 __all__ = ["main"]
 
@@ -89,7 +90,7 @@ def _outcome_json(out) -> dict:
 
 def cmd_run(args) -> int:
     from harness import report
-    from harness.runner import Runner, expectation_failures
+    from harness.campaign.runner import Runner, expectation_failures
 
     names = _engines(args) if args.engine else ["interp"]
     runner = Runner(names, _profile(args), **_options(args))
@@ -138,7 +139,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_conformance(args) -> int:
-    from harness.conformance import run_directory
+    from harness.campaign.conformance import run_directory
 
     passed, failed, skipped = run_directory(
         Path(args.dir), _engines(args) if args.engine else ["interp"], verbose=args.verbose
@@ -151,9 +152,9 @@ def cmd_show(args) -> int:
     case = casefile.load(args.case)
     names = _engines(args)
     if sorted(names) == ["kernel", "x86_64"] and not args.sequential:
-        # model and kernel side by side, differences marked (harness.fidelity)
-        from harness.fidelity import compare, kernel_system, side_by_side
+        # model and kernel side by side, differences marked (harness.report.fidelity)
         from harness.jit import compile_system
+        from harness.report.fidelity import compare, kernel_system, side_by_side
 
         kern = engines.get("kernel", _profile(args))
         try:
@@ -174,7 +175,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_fuzz(args) -> int:
-    from harness.fuzz import Campaign, default_workers, run_campaign
+    from harness.campaign.fuzz import Campaign, default_workers, run_campaign
 
     # an engine that cannot run here is skipped with its reason; the others run
     names = tuple(_available(_engines(args), skip=True))
@@ -202,7 +203,7 @@ def cmd_fuzz(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from harness.runner import Runner, expectation_failures
+    from harness.campaign.runner import Runner, expectation_failures
 
     paths = [Path(p) for p in (args.paths or [args.corpus])]
     files = casefile.corpus_cases(*paths)
@@ -226,7 +227,7 @@ def cmd_replay(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from harness.bench import bench
+    from harness.campaign.bench import bench
 
     names = _available(_engines(args))
     print(
@@ -238,7 +239,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_mutants(args) -> int:
-    from harness.mutants import MUTANTS, render, scoreboard
+    from harness.campaign.mutants import MUTANTS, render, scoreboard
 
     specs = args.only or list(MUTANTS)
     for spec in specs:
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument(
         "--report-known",
         action="store_true",
-        help="report documented kernel behaviour (harness/known.py) as divergences",
+        help="report documented kernel behaviour (harness/campaign/known.py) as divergences",
     )
     common(sp)
     sp.set_defaults(fn=cmd_fuzz)

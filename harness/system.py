@@ -8,7 +8,7 @@ or delete a map slot, run again, each run with optional expectations.
 
 Instructions refer to maps by index into ``Case.maps`` (``ld_imm64`` with
 src=PSEUDO_MAP_FD or PSEUDO_MAP_VALUE, imm = index), to helpers by their
-Linux id and to kfuncs by jitdiff's own kfunc number (``harness.helpers``);
+Linux id and to kfuncs by jitdiff's own kfunc number (``harness.reference.helpers``);
 each engine binds those to real fds and BTF ids when it loads the system.
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness import isa
-from harness.isa import Insn
+from harness.formats import isa
+from harness.formats.isa import Insn
 
 __all__ = ["Program", "MapDef", "Step", "Expect", "Case", "PROG_TYPES", "functions_of"]
 

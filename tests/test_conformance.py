@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from harness import engines
-from harness.conformance import check_test
+from harness.campaign.conformance import check_test
 
 from .conftest import SHARED
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import casefile, engines
-from harness.runner import Runner, expectation_failures
+from harness import engines
+from harness.campaign.runner import Runner, expectation_failures
+from harness.formats import casefile
 
 ROOT = Path(__file__).resolve().parents[1] / "corpus"
 #: crashes/ and kernel-findings/ hold cases where engines disagree on purpose

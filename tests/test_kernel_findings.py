@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import casefile, engines
-from harness.known import known
-from harness.runner import Runner, expectation_failures
+from harness import engines
+from harness.campaign.known import known
+from harness.campaign.runner import Runner, expectation_failures
+from harness.formats import casefile
 
 FINDINGS = Path(__file__).resolve().parents[1] / "corpus" / "kernel-findings"
 

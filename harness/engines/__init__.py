@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 
 from harness.errors import EngineUnavailable, JitdiffError
 from harness.outcome import CaseOutcome
-from harness.profile import LINUX, Profile
+from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 
 __all__ = ["Engine", "ENGINES", "get", "get_spec", "base_name", "available", "DEFAULT_ENGINES"]
@@ -91,7 +91,7 @@ def get_spec(spec: str, profile: Profile = LINUX, **options) -> Engine:
     (the x86-64 model with named faults or a historical design, e.g.
     ``x86_64+linux-5.10``). The engine's
     ``name`` becomes the spec, so reports say exactly what ran."""
-    from harness.profile import PROFILES
+    from harness.reference.profile import PROFILES
 
     name, _, prof = spec.partition("@")
     name, *faults = name.split("+")

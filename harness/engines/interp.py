@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from harness.engines import Engine
-from harness.interp import Interpreter
 from harness.outcome import CaseOutcome
+from harness.reference.interp import Interpreter
 from harness.system import Case
 
 __all__ = ["InterpEngine"]

@@ -1,4 +1,4 @@
-"""The host kernel's real JIT images, replayed under Unicorn (``harness.emu``).
+"""The host kernel's real JIT images, replayed under Unicorn (``harness.native.emu``).
 
 The worker (``harness.kernel.worker``) loads the case, snapshots the live
 images after the initial prog-array fill and again after every prog-array
@@ -39,17 +39,17 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 
-from harness import isa
 from harness.engines import Engine
 from harness.errors import JitdiffError
-from harness.helpers import HELPER_IDS, KFUNC_IDS, TAIL_CALL
-from harness.image import NativeFunc, NativeProg, NativeSystem
-from harness.isa import Insn
+from harness.formats import isa
+from harness.formats.isa import Insn
 from harness.kernel import bpf
 from harness.kernel.loader import UNKNOWN_ADDRESS, SystemImage
 from harness.kernel.worker import Answer, Job, Worker, failed_runs
+from harness.native.image import NativeFunc, NativeProg, NativeSystem
 from harness.outcome import CaseOutcome, RunOutcome, Status
-from harness.profile import LINUX, Profile
+from harness.reference.helpers import HELPER_IDS, KFUNC_IDS, TAIL_CALL
+from harness.reference.profile import LINUX, Profile
 from harness.system import Case, MapDef, Program, Step
 
 __all__ = [
@@ -436,7 +436,7 @@ class KernelEngine(Engine):
             import capstone  # noqa: F401
             import unicorn  # noqa: F401
 
-            import harness.emu  # noqa: F401
+            import harness.native.emu  # noqa: F401
         except ImportError as e:
             return f"replaying images needs {e.name}"
         return None
@@ -444,7 +444,7 @@ class KernelEngine(Engine):
     @property
     def executor(self):
         if self._executor is None:
-            from harness.emu import Executor
+            from harness.native.emu import Executor
 
             self._executor = Executor()
         return self._executor
@@ -494,7 +494,7 @@ class KernelEngine(Engine):
         if mutate is not None:
             mutate(native)
         self.last_native = native
-        from harness.emu import LayoutError
+        from harness.native.emu import LayoutError
 
         try:
             runs = self.executor.run_case(

@@ -14,19 +14,19 @@ maps' contents. What a test run cannot show is declared, not faked:
 A verifier rejection is ``REJECTED`` (the log in ``detail``), a shape known to
 oops the kernel is ``UNSUPPORTED``, a dead worker or a kernel bug in
 ``/dev/kmsg`` is ``CRASHED``. A case that calls a helper whose real result is
-not reproducible (``harness.helpers.NONDETERMINISTIC``) runs, but its runs are
+not reproducible (``harness.reference.helpers.NONDETERMINISTIC``) runs, but its runs are
 ``nondeterministic`` (poisoned, not compared).
 """
 
 from __future__ import annotations
 
-from harness import isa
 from harness.engines import Engine
-from harness.helpers import NONDETERMINISTIC
+from harness.formats import isa
 from harness.kernel import bpf
 from harness.kernel.worker import Answer, Job, Worker, failed_runs
 from harness.outcome import CaseOutcome, RunOutcome, Status
-from harness.profile import LINUX, Profile
+from harness.reference.helpers import NONDETERMINISTIC
+from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 
 __all__ = ["KernelNativeEngine", "UNOBSERVED", "uses_nondeterministic_helper"]

@@ -2,16 +2,16 @@
 
 Compiles the case with ``harness.jit.x86_64`` (a byte-level port of the
 kernel's JIT, optionally with named faults) and executes the images with the
-shared ``harness.emu.Executor``; direct tail-call poke sites are re-patched by
+shared ``harness.native.emu.Executor``; direct tail-call poke sites are re-patched by
 the model's ``poke_transition`` when the script updates or deletes a slot.
 """
 
 from __future__ import annotations
 
-from harness.emu import Executor
 from harness.engines import Engine
 from harness.errors import JitdiffError, Unsupported
 from harness.jit import Variant, compile_system, listing, poke_transition
+from harness.native.emu import Executor
 from harness.outcome import CaseOutcome, RunOutcome, Status
 from harness.system import Case
 

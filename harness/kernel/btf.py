@@ -5,7 +5,7 @@ The reader answers three questions without bpftool: where a (nested,
 possibly anonymous) struct member lives, which BTF id a kfunc has (the imm of
 a ``call`` with src=2), and the struct offsets the native code depends on
 (``kernel_layout()``). Offsets move between kernel builds, so nothing here is
-hard-coded; ``harness.image.KERNEL_LAYOUT`` is only the x86-64 model's
+hard-coded; ``harness.native.image.KERNEL_LAYOUT`` is only the x86-64 model's
 default.
 
 The writer emits INT, FUNC_PROTO, FUNC and DECL_TAG types plus a string
@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 
 from harness.errors import JitdiffError
-from harness.image import Layout
+from harness.native.image import Layout
 
 __all__ = [
     "Kind",

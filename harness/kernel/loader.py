@@ -9,7 +9,7 @@ a disposable worker process and ship its results back to the parent.
 
 Translation at load time: a map ``ld_imm64`` (src=1 map fd, src=2 map value)
 carries an index into ``case.maps`` and becomes the map's fd; a kfunc call
-(src=2) carries jitdiff's kfunc number (``harness.helpers.KFUNCS``) and
+(src=2) carries jitdiff's kfunc number (``harness.reference.helpers.KFUNCS``) and
 becomes the kfunc's vmlinux BTF id.
 """
 
@@ -21,11 +21,9 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 
-from harness import isa
 from harness.errors import CaseError, Unsupported
-from harness.helpers import KFUNCS
-from harness.image import Layout
-from harness.isa import Insn
+from harness.formats import isa
+from harness.formats.isa import Insn
 from harness.kernel import bpf as _bpf
 from harness.kernel.bpf import Fd, MapType, ProgType, Rejected, TestRun
 from harness.kernel.btf import LINKAGE_GLOBAL, LINKAGE_STATIC, ProgramBtf, line_to_pc
@@ -33,6 +31,8 @@ from harness.kernel.btf import func_id as _kfunc_btf_id
 from harness.kernel.btf import kernel_layout as _kernel_layout
 from harness.kernel.crashes import known_crash
 from harness.kernel.kallsyms import kallsyms
+from harness.native.image import Layout
+from harness.reference.helpers import KFUNCS
 from harness.system import Case, Program
 
 __all__ = [

@@ -434,7 +434,7 @@ class Worker:
             os.close(fd)
             try:
                 try:
-                    from harness import casefile
+                    from harness.formats import casefile
                 except ImportError:  # no text format: keep the case as a pickle
                     path = path.with_suffix(".case.pickle")
                     with open(tmp, "wb") as f:

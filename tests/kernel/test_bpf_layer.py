@@ -11,12 +11,12 @@ import struct
 
 import pytest
 
-from harness import isa
-from harness.helpers import BPF_THROW, TAIL_CALL
-from harness.isa import Insn, ld_imm64
+from harness.formats import isa
+from harness.formats.isa import Insn, ld_imm64
 from harness.kernel import KnownKernelBug, Rejected, available, load_case, open_fds
 from harness.kernel import btf as kbtf
 from harness.kernel.kallsyms import jmp_rel32_target, kallsyms
+from harness.reference.helpers import BPF_THROW, TAIL_CALL
 from harness.system import Case, MapDef, Program
 
 REASON = available()

@@ -10,11 +10,12 @@ import threading
 
 import pytest
 
-from harness import casefile, engines
+from harness import engines
+from harness.campaign.runner import REFERENCE_BUDGET, Runner, expectation_failures, native_budget
+from harness.formats import casefile
 from harness.kernel import available
 from harness.kernel.crashes import known_crash, signature
 from harness.outcome import Status
-from harness.runner import REFERENCE_BUDGET, Runner, expectation_failures, native_budget
 from oracles import Verdict, compare_case
 
 REASON = available()

@@ -1,4 +1,4 @@
-"""The x86-64 model's code against the kernel's (``harness.fidelity``): on the
+"""The x86-64 model's code against the kernel's (``harness.report.fidelity``): on the
 corpus cases the project's claim rests on, the control-transfer code is the
 kernel's byte for byte after address normalisation; a deliberately broken
 model is caught exactly where it is broken."""
@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import casefile, engines, fidelity
+from harness import engines
+from harness.formats import casefile
 from harness.jit import Variant, compile_system
 from harness.kernel import available
+from harness.report import fidelity
 
 REASON = available()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"kernel unusable: {REASON}")

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 
 from generators.config import Config
-from harness import isa
-from harness.fuzz import case_for, check_one, shrink, signature
-from harness.mutants import MUTANTS, REFERENCE_PROFILE
-from harness.profile import PROFILES
-from harness.runner import Runner
+from harness.campaign.fuzz import case_for, check_one, shrink, signature
+from harness.campaign.mutants import MUTANTS, REFERENCE_PROFILE
+from harness.campaign.runner import Runner
+from harness.formats import isa
+from harness.reference.profile import PROFILES
 
 SEED = 0
 #: systems a mutant may take to be found (the slowest needs about 250; see

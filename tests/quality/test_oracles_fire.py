@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import casefile
-from harness.runner import Runner
+from harness.campaign.runner import Runner
+from harness.formats import casefile
 
 CORPUS = Path(__file__).resolve().parents[2] / "corpus"
 

@@ -2,10 +2,10 @@
 of instruction slots, so programs read as concatenations), and the check of
 compiled bytes against an expected listing with relocations."""
 
-from harness import isa
-from harness.image import NativeSystem
-from harness.isa import Insn
+from harness.formats import isa
+from harness.formats.isa import Insn
 from harness.jit.x86_64 import THIS_CPU_OFF, symbol_address
+from harness.native.image import NativeSystem
 from harness.system import Program
 
 

@@ -1,4 +1,4 @@
-"""harness.asm: the kernel/LLVM syntax in both directions."""
+"""harness.formats.asm: the kernel/LLVM syntax in both directions."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import isa
-from harness.asm import assemble, disassemble, format_insn
 from harness.errors import AsmError
-from harness.isa import Insn
+from harness.formats import isa
+from harness.formats.asm import assemble, disassemble, format_insn
+from harness.formats.isa import Insn
 
 S32 = st.integers(-(1 << 31), (1 << 31) - 1)
 S16 = st.integers(-(1 << 15), (1 << 15) - 1)

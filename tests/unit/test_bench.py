@@ -1,6 +1,6 @@
 """``jitdiff bench``'s cost spread line, on hand-computed timings."""
 
-from harness.bench import _spread
+from harness.campaign.bench import _spread
 
 
 def test_spread_names_the_heavy_tail():

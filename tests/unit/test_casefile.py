@@ -1,4 +1,4 @@
-"""harness.casefile: parse/render round trips, error lines, atomic save."""
+"""harness.formats.casefile: parse/render round trips, error lines, atomic save."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import casefile, isa
 from harness.errors import CaseError
-from harness.isa import Insn
+from harness.formats import casefile, isa
+from harness.formats.isa import Insn
 from harness.system import PROG_TYPES, Case, Expect, MapDef, Program, Step
 
 EXAMPLE = """\

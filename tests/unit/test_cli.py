@@ -57,7 +57,7 @@ def test_run_passes_and_a_fault_is_a_divergence(capsys):
     assert code == 1
     # the divergence prints as a case file: it parses back as one
     text = out[out.index("# DIVERGENCE") :]
-    from harness import casefile
+    from harness.formats import casefile
 
     case = casefile.parse(text)
     assert case.steps[0].expect.tail_calls == 33

@@ -12,8 +12,9 @@ import struct
 
 import pytest
 
-from harness import isa
-from harness.emu import (
+from harness.formats import isa
+from harness.formats.isa import Insn
+from harness.native.emu import (
     CALLEE_SAVED_SENTINELS,
     CTX_ADDR,
     AddressSpace,
@@ -21,10 +22,9 @@ from harness.emu import (
     MapSpan,
     symbolize,
 )
-from harness.image import NativeFunc, NativeProg, NativeSystem
-from harness.isa import Insn
+from harness.native.image import NativeFunc, NativeProg, NativeSystem
 from harness.outcome import Status, Where
-from harness.profile import LINUX
+from harness.reference.profile import LINUX
 from harness.system import Case, MapDef, Program, Step
 
 keystone = pytest.importorskip("keystone")

@@ -3,8 +3,8 @@ corpus gets one file per divergence signature and never loses a file."""
 
 from __future__ import annotations
 
-from harness import casefile
-from harness.fuzz import Campaign, Finding, Summary, _record, _save, run_campaign
+from harness.campaign.fuzz import Campaign, Finding, Summary, _record, _save, run_campaign
+from harness.formats import casefile
 
 CASE = "program p sched_cls\nmain:\n    r0 = 1\n    exit\n"
 

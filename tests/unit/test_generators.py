@@ -24,9 +24,9 @@ from generators import (
     throws,
 )
 from generators.coverage import program_facts
-from harness import isa
-from harness.interp import run_case
+from harness.formats import isa
 from harness.outcome import Status
+from harness.reference.interp import run_case
 from harness.system import Case
 
 FAST_SEEDS = range(200)
@@ -35,11 +35,11 @@ COVERAGE_SEEDS = range(500)
 
 def _show(case: Case) -> str:
     try:
-        from harness.casefile import render
+        from harness.formats.casefile import render
 
         return render(case)
     except Exception:  # the renderer is optional debugging output
-        from harness.asm import disassemble
+        from harness.formats.asm import disassemble
 
         maps = list(case.maps)
         return "\n".join(

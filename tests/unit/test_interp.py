@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from harness import isa
-from harness.helpers import BPF_THROW
-from harness.interp import run_case
-from harness.isa import Insn as I
+from harness.formats import isa
+from harness.formats.isa import Insn as I
 from harness.outcome import Status
-from harness.profile import LINUX
+from harness.reference.helpers import BPF_THROW
+from harness.reference.interp import run_case
+from harness.reference.profile import LINUX
 from harness.system import Case, MapDef, Program
 
 U64 = (1 << 64) - 1

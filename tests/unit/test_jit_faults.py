@@ -40,8 +40,7 @@ from bpf_builder import (
     stx,
 )
 
-from harness import isa
-from harness.image import NativeSystem
+from harness.formats import isa
 from harness.jit.x86_64 import (
     DESIGNS,
     FAULT_SYMPTOMS,
@@ -51,6 +50,7 @@ from harness.jit.x86_64 import (
     compile_system,
     poke_transition,
 )
+from harness.native.image import NativeSystem
 from harness.system import Case, MapDef, Program
 
 

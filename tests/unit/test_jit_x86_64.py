@@ -27,8 +27,8 @@ from bpf_builder import (
     stx,
 )
 
-from harness import isa
-from harness.isa import Insn
+from harness.formats import isa
+from harness.formats.isa import Insn
 from harness.jit import FAULTS, Variant, apply_patches, compile_system, listing, poke_transition
 from harness.jit.x86_64 import THIS_CPU_OFF, symbol_address
 from harness.system import Case, MapDef, Program

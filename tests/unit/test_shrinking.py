@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from harness import asm, casefile
-from harness.reduce import delete_insn, reduce_case
-from harness.shrink import shrink_choices
+from harness.campaign.reduce import delete_insn, reduce_case
+from harness.campaign.shrink import shrink_choices
+from harness.formats import asm, casefile
 from harness.system import Program
 
 

@@ -1,4 +1,4 @@
-"""harness.ubpf: the bpf_conformance .data files, positive and negative."""
+"""harness.formats.ubpf: the bpf_conformance .data files, positive and negative."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import isa, ubpf
 from harness.errors import AsmError
-from harness.isa import Insn
+from harness.formats import isa, ubpf
+from harness.formats.isa import Insn
 
 # The suite is shared test data next to the repository, never copied into it.
 CONFORMANCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "conformance"

@@ -35,8 +35,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from harness.errors import CaseError, Unsupported
-from harness.image import KERNEL_LAYOUT, NativeFunc, NativeProg, NativeSystem, PokeSite
-from harness.profile import LINUX, Profile
+from harness.native.image import KERNEL_LAYOUT, NativeFunc, NativeProg, NativeSystem, PokeSite
+from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 
 from .codegen import (
@@ -468,11 +468,11 @@ def apply_patches(system: NativeSystem, patches: list[tuple[int, bytes]]) -> Non
 def _bpf_text(case: Case, prog_name: str, pc: int) -> str:
     prog = case.programs[prog_name]
     try:
-        from harness.asm import format_insn  # type: ignore[attr-defined]
+        from harness.formats.asm import format_insn  # type: ignore[attr-defined]
 
         return format_insn(prog.insns, pc, labels=prog.labels, maps=list(case.maps))
     except (ImportError, TypeError, AttributeError, IndexError, KeyError, ValueError):
-        from harness import isa
+        from harness.formats import isa
 
         i = prog.insns[pc]
         return f"{isa.encode(i).hex()}  ({isa.OPCODES.get(i.opcode, 'unknown')})"
@@ -496,7 +496,7 @@ def listing(system: NativeSystem, case: Case) -> str:
         pokes[s.target] = f"poke target {s.map}[{s.key}]"
     lines: list[str] = []
     for p in system.progs.values():
-        from harness import isa
+        from harness.formats import isa
 
         prog = case.programs.get(p.name)
         for fidx, f in enumerate(p.funcs):

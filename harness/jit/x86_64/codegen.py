@@ -49,8 +49,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness import isa
 from harness.errors import JitdiffError, Unsupported
+from harness.formats import isa
 
 from .encoder import (
     AUX_REG,

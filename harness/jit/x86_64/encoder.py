@@ -9,7 +9,7 @@ and ``X86_REG_R12`` (15) the host registers of those names.
 
 from __future__ import annotations
 
-from harness import isa
+from harness.formats import isa
 
 __all__ = [
     "BPF_REG_AX",

@@ -43,10 +43,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness import isa
 from harness.errors import Unsupported
-from harness.helpers import BPF_THROW, TAIL_CALL
-from harness.isa import Insn
+from harness.formats import isa
+from harness.formats.isa import Insn
+from harness.reference.helpers import BPF_THROW, TAIL_CALL
 from harness.system import Case, Program
 
 from .encoder import BPF_REG_AX

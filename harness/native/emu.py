@@ -45,12 +45,12 @@ from unicorn import UC_ARCH_X86, UC_MODE_64, Uc, UcError
 from unicorn import x86_const as x86
 from unicorn.unicorn_py3 import unicorn as _ucpy
 
-from harness import isa
 from harness.errors import JitdiffError
-from harness.helpers import BPF_THROW, HELPERS, TAIL_CALL, MapState, call_helper
-from harness.image import NativeFunc, NativeSystem
+from harness.formats import isa
+from harness.native.image import NativeFunc, NativeSystem
 from harness.outcome import Event, RunOutcome, Status, Violation, Where
-from harness.profile import LINUX, Profile
+from harness.reference.helpers import BPF_THROW, HELPERS, TAIL_CALL, MapState, call_helper
+from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 
 __all__ = [
@@ -499,7 +499,7 @@ class Executor:
                 raise JitdiffError(f"unknown script step {step.kind!r}")
         return outcomes
 
-    # ---- Machine protocol (for harness.helpers models) ---------------------
+    # ---- Machine protocol (for harness.reference.helpers models) ---------------------
 
     def read(self, addr: int, size: int) -> bytes:
         return self.raw.read(addr, size)

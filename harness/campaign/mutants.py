@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 
 from generators.config import Config
-from harness.fuzz import Campaign, run_campaign
+from harness.campaign.fuzz import Campaign, run_campaign
 from harness.jit import DESIGNS, FAULTS
-from harness.profile import PROFILES
+from harness.reference.profile import PROFILES
 
 __all__ = ["MUTANTS", "Score", "scoreboard", "render"]
 

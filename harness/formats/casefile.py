@@ -3,7 +3,7 @@ hand, reads in a bug report and commits to ``corpus/``.
 
 The format is documented in ``docs/case-format.md``. In short: comment lines
 at the top, then ``map`` blocks, an optional ``ctx``, ``program`` blocks in
-kernel assembly (``harness.asm``), and a script of ``run`` / ``update`` /
+kernel assembly (``harness.formats.asm``), and a script of ``run`` / ``update`` /
 ``delete`` steps with indented ``expect`` lines. Every error is a
 ``CaseError`` naming the file and line, because these files are edited by
 hand and the line is what the editor jumps to.
@@ -22,8 +22,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import asm, isa
 from harness.errors import AsmError, CaseError
+from harness.formats import asm, isa
 from harness.system import PROG_TYPES, Case, Expect, MapDef, Program, Step
 
 __all__ = ["parse", "load", "render", "save", "corpus_cases"]

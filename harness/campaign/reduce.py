@@ -14,8 +14,8 @@ import copy
 import time
 from collections.abc import Callable
 
-from harness import isa
-from harness.isa import Insn
+from harness.formats import isa
+from harness.formats.isa import Insn
 from harness.system import Case, Program
 
 __all__ = ["delete_insn", "reduce_case"]

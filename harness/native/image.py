@@ -2,7 +2,7 @@
 
 The x86-64 model JIT produces a ``NativeSystem``; the kernel engine builds the
 same thing from the real JIT's images (``BPF_OBJ_GET_INFO_BY_FD``). The
-executor (``harness.emu``) runs either one under Unicorn and reports events in
+executor (``harness.native.emu``) runs either one under Unicorn and reports events in
 the interpreter's vocabulary, so both are judged by the same oracles.
 
 Addresses are kernel-like (code near 0xffffffffc0000000, data near

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from harness import engines
 from harness.outcome import CaseOutcome, Event, RunOutcome, Status
-from harness.profile import LINUX, Profile
+from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 from oracles import Divergence, Verdict, compare_case, first_difference
 

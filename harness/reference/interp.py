@@ -33,11 +33,11 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass, field
 
-from harness import isa
-from harness.helpers import BPF_THROW, HELPERS, KFUNCS, TAIL_CALL, MapState, call_helper
-from harness.isa import Insn
+from harness.formats import isa
+from harness.formats.isa import Insn
 from harness.outcome import Event, RunOutcome, Status, Where
-from harness.profile import LINUX, Profile
+from harness.reference.helpers import BPF_THROW, HELPERS, KFUNCS, TAIL_CALL, MapState, call_helper
+from harness.reference.profile import LINUX, Profile
 from harness.system import Case, Program
 
 __all__ = ["Interpreter", "run_case", "Layout", "elem_stride"]
@@ -328,7 +328,7 @@ class Interpreter:
         return tuple(values)
 
     def symbolize(self, value: int | None):
-        """The engine-independent name of a pointer (see ``harness.emu``)."""
+        """The engine-independent name of a pointer (see ``harness.native.emu``)."""
         if value is None or not Layout.LOWEST <= value <= Layout.HIGHEST:
             return value  # most values: scalars far from every region
         f = self._frame_at(value, inclusive=True)

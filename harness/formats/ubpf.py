@@ -23,9 +23,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import isa
 from harness.errors import AsmError, DecodeError
-from harness.isa import Insn
+from harness.formats import isa
+from harness.formats.isa import Insn
 
 __all__ = ["ConformanceTest", "load", "parse", "assemble"]
 

@@ -4,7 +4,7 @@ Each worker process owns its engines (one emulator, one kernel worker) and
 walks its share of the case indices: case ``i`` of a campaign with seed ``S``
 is ``generators.generate(S * 2**32 + i)``, so a campaign is deterministic for
 its seed whatever the number of workers. A divergence is shrunk in the worker
-(``harness.shrink``) and sent to the parent, which alone writes the corpus:
+(``harness.campaign.shrink``) and sent to the parent, which alone writes the corpus:
 one file per divergence signature, written atomically, never overwriting.
 """
 
@@ -24,12 +24,13 @@ from generators import coverage as shape_coverage
 from generators.config import Config
 from generators.draw import ChoiceDraw, RandomDraw
 from generators.systems import build_system
-from harness import casefile, report
-from harness.known import known
-from harness.profile import LINUX, Profile
-from harness.reduce import reduce_case
-from harness.runner import Runner
-from harness.shrink import shrink_choices
+from harness import report
+from harness.campaign.known import known
+from harness.campaign.reduce import reduce_case
+from harness.campaign.runner import Runner
+from harness.campaign.shrink import shrink_choices
+from harness.formats import casefile
+from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 from oracles import Verdict
 from oracles.base import verdict
@@ -59,7 +60,7 @@ class Campaign:
     shrink: bool = True
     stop_on_first: bool = False
     progress: bool = False
-    #: report divergences listed in harness.known like new ones
+    #: report divergences listed in harness.campaign.known like new ones
     report_known: bool = False
     #: engine options (e.g. allow_known_crashes for the kernel engines)
     options: dict = field(default_factory=dict)
@@ -84,7 +85,7 @@ class Summary:
     seconds: float = 0.0
     findings: list[Finding] = field(default_factory=list)
     duplicates: int = 0
-    #: documented kernel behaviour seen again (harness.known), by signature
+    #: documented kernel behaviour seen again (harness.campaign.known), by signature
     known: Counter = field(default_factory=Counter)
     poisoned: Counter = field(default_factory=Counter)
     coverage: Counter = field(default_factory=Counter)

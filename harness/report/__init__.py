@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 
-from harness import casefile
+from harness.formats import casefile
 from harness.outcome import Event, RunOutcome, Status
 from harness.system import Case, Expect
 from oracles import Divergence

@@ -16,9 +16,9 @@ from dataclasses import fields
 
 from generators.config import Config
 from harness import engines
-from harness.fuzz import case_for
+from harness.campaign.fuzz import case_for
+from harness.campaign.runner import REFERENCE_BUDGET, native_budget
 from harness.jit.x86_64.codegen import clear_memo
-from harness.runner import REFERENCE_BUDGET, native_budget
 from oracles import compare_case
 
 __all__ = ["bench"]

@@ -33,7 +33,7 @@ reports it nowhere), so it is listed but never counted.
 ``side_by_side(report)`` prints the two listings in two columns, BPF
 instruction headers interleaved, differing lines marked ``!`` (``~`` for a
 by-design difference). ``measure(seeds)`` runs ``compare`` over generated
-systems; ``python -m harness.fidelity --seeds N`` prints its figures.
+systems; ``python -m harness.report.fidelity --seeds N`` prints its figures.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from harness import isa
-from harness.helpers import BPF_THROW, TAIL_CALL
-from harness.image import NativeFunc, NativeSystem
-from harness.isa import Insn
+from harness.formats import isa
+from harness.formats.isa import Insn
+from harness.native.image import NativeFunc, NativeSystem
+from harness.reference.helpers import BPF_THROW, TAIL_CALL
 from harness.system import Case
 
 __all__ = [
@@ -318,7 +318,7 @@ def _bpf_text(case: Case, prog: str, pc: int, insn: Insn) -> str:
             "exit" if insn.opcode == isa.JMP | isa.EXIT else "r0 = r1"
         )
     try:
-        from harness.asm import format_insn  # type: ignore[attr-defined]
+        from harness.formats.asm import format_insn  # type: ignore[attr-defined]
 
         return format_insn(p.insns, pc, labels=p.labels, maps=list(case.maps))
     except (ImportError, TypeError, AttributeError, IndexError, KeyError, ValueError):
@@ -825,7 +825,7 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m harness.fidelity",
+        prog="python -m harness.report.fidelity",
         description="How often the x86-64 model's code equals the kernel's, on generated systems",
     )
     ap.add_argument("--seeds", type=int, default=300, help="number of seeds")
@@ -856,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
     except JitdiffError as e:
         print(f"fidelity: {e}", file=sys.stderr)
         return 2
-    print(f"$ python -m harness.fidelity --seeds {args.seeds} --start {args.start}")
+    print(f"$ python -m harness.report.fidelity --seeds {args.seeds} --start {args.start}")
     print(tally.render())
     return 0
 

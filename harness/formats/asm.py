@@ -23,10 +23,10 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from harness import isa
 from harness.errors import AsmError, DecodeError
-from harness.helpers import HELPER_IDS, HELPERS, KFUNC_IDS, KFUNCS
-from harness.isa import Insn
+from harness.formats import isa
+from harness.formats.isa import Insn
+from harness.reference.helpers import HELPER_IDS, HELPERS, KFUNC_IDS, KFUNCS
 
 __all__ = ["assemble", "disassemble", "format_insn"]
 

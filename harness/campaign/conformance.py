@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import engines, ubpf
+from harness import engines
 from harness.errors import JitdiffError
+from harness.formats import ubpf
 from harness.outcome import Status
 from harness.system import Case, Program
 
