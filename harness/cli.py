@@ -11,9 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from harness import engines
+from harness import engines, formats
 from harness.errors import JitdiffError
-from harness.formats import casefile
 from harness.reference.profile import PROFILES
 
 __all__ = ["main"]
@@ -97,7 +96,7 @@ def cmd_run(args) -> int:
     status = 0
     payload = []
     for path in args.cases:
-        case = casefile.load(path)
+        case = formats.load_any(path)
         res = runner.check(case)
         outs = [res.reference] + [o for _, _, o in res.candidates.values()]
         for out in outs:
@@ -149,7 +148,7 @@ def cmd_conformance(args) -> int:
 
 
 def cmd_show(args) -> int:
-    case = casefile.load(args.case)
+    case = formats.load_any(args.case)
     names = _engines(args)
     if sorted(names) == ["kernel", "x86_64"] and not args.sequential:
         # model and kernel side by side, differences marked (harness.report.fidelity)
@@ -206,7 +205,7 @@ def cmd_replay(args) -> int:
     from harness.campaign.runner import Runner, expectation_failures
 
     paths = [Path(p) for p in (args.paths or [args.corpus])]
-    files = casefile.corpus_cases(*paths)
+    files = formats.inputs_under(*paths)
     if not files:
         raise JitdiffError(f"no case files under {', '.join(map(str, paths))}")
     names = args.engine or [n for n in engines.ENGINES if n != "interp"]
@@ -214,7 +213,7 @@ def cmd_replay(args) -> int:
     runner = Runner(usable, _profile(args), **_options(args))
     bad = 0
     for f in files:
-        case = casefile.load(f)
+        case = formats.load_any(f)
         res = runner.check(case)
         problems = [f"interp: {x}" for x in expectation_failures(case, res.reference.runs)]
         problems += [str(d) for _, d in res.divergences]

@@ -1,6 +1,39 @@
-"""The instruction set and the text formats: ``isa`` (the ISA as a table,
+"""The instruction set and the input formats: ``isa`` (the ISA as a table,
 encode/decode, the kernel's encoding checks), ``asm`` (the kernel/LLVM assembly
-syntax both ways), ``casefile`` (jitdiff's case files) and ``ubpf`` (the
-bpf_conformance ``.data`` files)."""
+syntax both ways), ``casefile`` (jitdiff's case files), ``elf`` (clang-built BPF
+objects, read the way libbpf loads them) and ``ubpf`` (the bpf_conformance
+``.data`` files). ``load_any`` and ``inputs_under`` pick between case files and
+objects for the command line."""
 
-__all__ = ["asm", "casefile", "isa", "ubpf"]
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["asm", "casefile", "elf", "isa", "ubpf", "load_any", "inputs_under"]
+
+
+def load_any(path: str | os.PathLike[str]):
+    """A ``Case`` from a case file or a BPF ELF object (told apart by the ELF
+    magic, so the suffix does not matter)."""
+    # imported here: harness.system imports this package for isa
+    from harness.formats import casefile, elf
+
+    return elf.load(path) if elf.is_object(path) else casefile.load(path)
+
+
+def inputs_under(*paths) -> list[Path]:
+    """Case files and ``.o`` objects under ``paths`` (``casefile.corpus_cases``'
+    rules), without the sidecar case files of objects (read with their object)."""
+    from harness.formats import casefile, elf
+
+    found = casefile.corpus_cases(*paths)
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += [
+                f
+                for f in p.rglob("*.o")
+                if not casefile.DIVERGENT & set(f.parts) and elf.is_object(f)
+            ]
+    sidecars = {elf.sidecar_of(f) for f in found if f.suffix == ".o"}
+    return sorted(f for f in set(found) if f not in sidecars or f in map(Path, paths))

@@ -26,7 +26,7 @@ from harness.errors import AsmError, CaseError
 from harness.formats import asm, isa
 from harness.system import PROG_TYPES, Case, Expect, MapDef, Program, Step
 
-__all__ = ["parse", "load", "render", "save", "corpus_cases"]
+__all__ = ["parse", "load", "render", "save", "corpus_cases", "apply_script"]
 
 _KEYWORDS = ("map", "ctx", "program", "run", "update", "delete")
 _MAP_KINDS = ("prog_array", "array")
@@ -176,6 +176,37 @@ def parse(text: str, *, file: str | None = None) -> Case:
         ctx=ctx or b"",
         steps=[s for _, s in steps],
         comment=comment,
+    )
+
+
+def apply_script(case: Case, text: str, *, file: str | None = None) -> Case:
+    """``case`` with the ctx and script of a sidecar case file (``text``): the
+    header comment, ``ctx`` and ``run``/``update``/``delete`` blocks of the case
+    format, checked against the case's maps and programs. Maps and programs
+    come from the object the sidecar sits next to, so a sidecar cannot add any."""
+    p = _Parser(text, file)
+    comment, blocks = p.blocks()
+    ctx: bytes | None = None
+    steps: list[tuple[int, Step]] = []
+    for b in blocks:
+        kw = b.words[0]
+        if kw in ("map", "program"):
+            raise p.err(f"a sidecar gives ctx and the script; {kw}s come from the object", b.line)
+        if kw == "ctx":
+            if ctx is not None:
+                raise p.err("ctx given twice", b.line)
+            parts = [(b.line, " ".join(b.words[1:]))] + b.body
+            ctx = b"".join(p.hexbytes(t, ln, "ctx") for ln, t in parts)
+        else:
+            steps.append((b.line, _parse_step(p, b)))
+    for line, st in steps:
+        _check_step(p, line, st, case.maps, case.programs)
+    return Case(
+        programs=case.programs,
+        maps=case.maps,
+        ctx=case.ctx if ctx is None else ctx,
+        steps=[s for _, s in steps] or case.steps,
+        comment=comment or case.comment,
     )
 
 

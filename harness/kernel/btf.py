@@ -30,6 +30,7 @@ __all__ = [
     "BtfType",
     "Member",
     "Btf",
+    "BtfExt",
     "BtfError",
     "vmlinux",
     "struct_member_offset",
@@ -227,6 +228,105 @@ class Btf:
 
     def func_id(self, name: str) -> int:
         return self.find(name, Kind.FUNC).id
+
+    # --- what a BPF object's BTF declares (maps in .maps, sections, tags) ---
+
+    def size_of(self, tid: int) -> int:
+        """The byte size of type ``tid``, as ``btf__resolve_size`` computes it."""
+        t = self.resolve(tid)
+        if t.kind in (Kind.INT, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64, Kind.FLOAT):
+            return t.size_or_type
+        if t.kind in (Kind.DATASEC,):
+            return t.size_or_type
+        if t.kind == Kind.PTR:
+            return 8
+        if t.kind == Kind.ARRAY:
+            elem, _, nelems = self.array(t)
+            return nelems * self.size_of(elem)
+        if t.kind == Kind.VAR:
+            return self.size_of(t.size_or_type)
+        raise BtfError(f"type {t.id} ({t.kind.name}) has no size")
+
+    def array(self, t: BtfType) -> tuple[int, int, int]:
+        """An ARRAY's (element type, index type, number of elements)."""
+        if t.kind != Kind.ARRAY:
+            raise BtfError(f"type {t.id} is a {t.kind.name}, not an array")
+        elem, index, nelems = struct.unpack_from("<III", self._types, t.data)
+        return elem, index, nelems
+
+    def datasec_vars(self, t: BtfType) -> list[tuple[int, int, int]]:
+        """A DATASEC's variables: (VAR type id, offset, size) each."""
+        if t.kind != Kind.DATASEC:
+            raise BtfError(f"type {t.id} is a {t.kind.name}, not a DATASEC")
+        return [struct.unpack_from("<III", self._types, t.data + 12 * i) for i in range(t.vlen)]
+
+    def decl_tags(self, prefix: str = "") -> list[tuple[str, int, int]]:
+        """DECL_TAG types whose value starts with ``prefix``: (value, target
+        type id, component index; -1 tags the declaration itself)."""
+        out = []
+        for t in self.types[1:]:
+            if t is not None and t.kind == Kind.DECL_TAG and t.name.startswith(prefix):
+                (idx,) = struct.unpack_from("<i", self._types, t.data)
+                out.append((t.name, t.size_or_type, idx))
+        return out
+
+    def linkage(self, t: BtfType) -> int:
+        """A FUNC's linkage (``LINKAGE_STATIC``, ``LINKAGE_GLOBAL``, 2 = extern)."""
+        if t.kind != Kind.FUNC:
+            raise BtfError(f"type {t.id} is a {t.kind.name}, not a FUNC")
+        return t.vlen
+
+
+#: .BTF.ext header after the common 8 bytes: func_info off/len, line_info off/len
+#: (then, when hdr_len says so, core_relo off/len)
+_EXT_HEADER = struct.Struct("<HBBIIIII")
+
+
+class BtfExt:
+    """The ``.BTF.ext`` section of a BPF object: per ELF section, ``func_info``
+    records (byte offset of a function in the section, its FUNC type id) and
+    CO-RE relocations (byte offset of the instruction, type id, access string).
+    Offsets are in bytes here, as clang writes them (libbpf divides by 8)."""
+
+    def __init__(self, blob: bytes, btf: Btf):
+        if len(blob) < _EXT_HEADER.size:
+            raise BtfError(".BTF.ext shorter than its header")
+        magic, version, _flags, hdr_len, fi_off, fi_len, _li_off, _li_len = _EXT_HEADER.unpack_from(
+            blob
+        )
+        if magic != MAGIC or version != 1:
+            raise BtfError(f".BTF.ext is not v1 (magic {magic:#x}, version {version})")
+        core_off = core_len = 0
+        if hdr_len >= _EXT_HEADER.size + 8:
+            core_off, core_len = struct.unpack_from("<II", blob, _EXT_HEADER.size)
+        body = blob[hdr_len:]
+        self.func_info = self._records(body, fi_off, fi_len, btf, "<II")
+        self.core_relos = self._records(body, core_off, core_len, btf, "<IIII")
+
+    @staticmethod
+    def _records(body: bytes, off: int, length: int, btf: Btf, fmt: str):
+        """section name -> list of records (tuples of ``fmt``)."""
+        out: dict[str, list[tuple[int, ...]]] = {}
+        if not length:
+            return out
+        if off + length > len(body) or length < 4:
+            raise BtfError(".BTF.ext record table runs past the section")
+        (rec_size,) = struct.unpack_from("<I", body, off)
+        need = struct.calcsize(fmt)
+        if rec_size < need:
+            raise BtfError(f".BTF.ext records of {rec_size} bytes, need {need}")
+        pos, end = off + 4, off + length
+        while pos < end:
+            if pos + 8 > end:
+                raise BtfError(".BTF.ext section header runs past its table")
+            name_off, n = struct.unpack_from("<II", body, pos)
+            pos += 8
+            if pos + n * rec_size > end:
+                raise BtfError(".BTF.ext records run past their table")
+            recs = [struct.unpack_from(fmt, body, pos + k * rec_size) for k in range(n)]
+            out.setdefault(btf.string(name_off), []).extend(recs)
+            pos += n * rec_size
+        return out
 
 
 @functools.lru_cache(maxsize=2)
