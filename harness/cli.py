@@ -225,6 +225,34 @@ def cmd_replay(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_export(args) -> int:
+    import re
+
+    from harness.report import selftest
+
+    case = formats.load_any(args.case)
+    name = args.name or re.sub(r"\W", "_", Path(args.case).name.split(".")[0])
+    if name[:1].isdigit():
+        name = "jitdiff_" + name
+    test = selftest.export(case, name, source=str(args.case), profile=_profile(args))
+    for path in selftest.write(test, args.selftest, force=args.force):
+        print(f"wrote {path}")
+    why = "--no-check" if args.no_check else selftest.toolchain()
+    if why:
+        print(f"not checked: {why}")
+        return 0
+    names = _available(_engines(args) if args.engine else ["x86_64"], skip=True)
+    problems = selftest.check(test, case, tuple(names), profile=_profile(args))
+    for p in problems:
+        print(f"ROUND TRIP FAIL {p}")
+    if not problems:
+        print(
+            f"checked: progs/{name}.c compiles (clang -target bpf -O2 -g) and its object "
+            f"runs as the case on {', '.join(['interp', *names])}"
+        )
+    return 1 if problems else 0
+
+
 def cmd_bench(args) -> int:
     from harness.campaign.bench import bench
 
@@ -323,6 +351,19 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--corpus", default="corpus")
     common(sp)
     sp.set_defaults(fn=cmd_replay)
+
+    sp = sub.add_parser(
+        "export", help="write a case (or object) as a kernel selftest: progs/ and prog_tests/"
+    )
+    sp.add_argument("case")
+    sp.add_argument("--selftest", required=True, metavar="DIR", help="where progs/, prog_tests/ go")
+    sp.add_argument("--name", help="test and skeleton name (default: from the file name)")
+    sp.add_argument("--force", action="store_true", help="replace files that exist")
+    sp.add_argument(
+        "--no-check", action="store_true", help="skip the clang round trip (case -> C -> object)"
+    )
+    common(sp)
+    sp.set_defaults(fn=cmd_export)
 
     sp = sub.add_parser("bench", help="differential cases per second, with a breakdown")
     sp.add_argument("--cases", type=_positive(int), default=300)

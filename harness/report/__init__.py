@@ -79,6 +79,7 @@ def render_divergence(
         f"first difference: {d.detail or d.oracle}" + (f" at {d.where}" if d.where else ""),
         f"  interp:  {d.expected!r}",
         f"  {engine}: {d.actual!r}",
+        "upstream it: jitdiff export THIS_CASE_FILE --selftest tools/testing/selftests/bpf",
     ]
     where = d.where
     if step is not None:

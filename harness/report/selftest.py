@@ -330,7 +330,7 @@ def _prog_c(case: Case, name: str, plan, funcs, source: str | None) -> str:
             blocks.append(_function_c(sig, lines, ops))
         # subprograms first, as upstream's sources put them
         for b in blocks[1:] + blocks[:1]:
-            out += b + [""]
+            out += b
     if uses_throw:
         out += [
             "/* Never called: a C call makes clang write bpf_throw's BTF, which libbpf",
