@@ -138,6 +138,9 @@ PROGRAM_SECTIONS: tuple[tuple[str, str, str | None], ...] = (
 _SUPPORTED = ", ".join(sorted({t for _, _, t in PROGRAM_SECTIONS if t}))
 _DATA_RE = re.compile(r"\.(data|rodata|bss)(\..+)?\Z")
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: the largest global-data section jitdiff maps (the engines lay maps out in
+#: emulated memory; real programs keep far less in .data/.bss)
+MAX_DATA = 1 << 20
 #: one zero ctx for the default script: the most a raw_tp test run takes (12
 #: u64 arguments), and more than the 14-byte Ethernet header sched_cls needs.
 DEFAULT_CTX = bytes(96)
@@ -172,6 +175,17 @@ def load(path: str | os.PathLike[str], *, sidecar: bool = True) -> Case:
 
 def parse(data: bytes, *, file: str = "<object>") -> Case:
     """The case a BPF object holds, with the default script (each program once)."""
+    # pyelftools and the BTF reader report a damaged object in their own terms
+    # (wherever in the object the damage is): one line naming the file instead
+    try:
+        return _parse(data, file)
+    except (ELFError, struct.error, ValueError, IndexError, KeyError, OverflowError) as e:
+        raise CaseError(f"not a readable ELF object ({type(e).__name__}: {e})", file=file) from None
+    except BtfError as e:
+        raise CaseError(f".BTF: {e}", file=file) from None
+
+
+def _parse(data: bytes, file: str) -> Case:
     obj = _Object(data, file)
     maps = obj.maps()
     programs = obj.programs(list(maps))
@@ -223,11 +237,8 @@ class _Layout:
 class _Object:
     def __init__(self, data: bytes, file: str):
         self.file = file
-        try:
-            self.elf = ELFFile(io.BytesIO(data))
-            self._read()
-        except (ELFError, struct.error, ValueError, IndexError, KeyError) as e:
-            raise self.err(f"not a readable ELF object ({e})") from None
+        self.elf = ELFFile(io.BytesIO(data))
+        self._read()
 
     def err(self, message: str) -> CaseError:
         return CaseError(message, file=self.file)
@@ -255,12 +266,9 @@ class _Object:
             for s in self.symtab.iter_symbols()
         ]
         btf_sec = elf.get_section_by_name(".BTF")
-        try:
-            self.btf = Btf(btf_sec.data()) if btf_sec is not None else None
-            ext = elf.get_section_by_name(".BTF.ext")
-            self.ext = BtfExt(ext.data(), self.btf) if ext is not None and self.btf else None
-        except (BtfError, struct.error, ValueError, IndexError) as e:
-            raise self.err(f".BTF: {e}") from None
+        self.btf = Btf(btf_sec.data()) if btf_sec is not None else None
+        ext = elf.get_section_by_name(".BTF.ext")
+        self.ext = BtfExt(ext.data(), self.btf) if ext is not None and self.btf else None
         # relocations per target section index: byte offset -> _Reloc
         self.relocs: dict[int, dict[int, _Reloc]] = {}
         for sec in self.sections.values():
@@ -343,6 +351,10 @@ class _Object:
             name = mt.group(1) + re.sub(r"[^A-Za-z0-9_]", "_", mt.group(2) or "")
             if name in out:
                 raise self.err(f"section {sec.name}: map name {name} is taken by a .maps map")
+            if sec["sh_size"] > MAX_DATA:
+                raise self.err(
+                    f"section {sec.name}: {sec['sh_size']} bytes, jitdiff maps at most {MAX_DATA}"
+                )
             data = bytes(sec["sh_size"]) if sec["sh_type"] == "SHT_NOBITS" else sec.data()
             self.data_index[idx] = len(out)
             out[name] = MapDef(name, "array", 1, len(data), {0: data} if any(data) else {})
