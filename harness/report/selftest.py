@@ -176,23 +176,33 @@ def _check_names(case: Case, funcs: dict[str, dict[int, str]]) -> None:
 # ---------------------------------------------------------------- the program part
 
 
-# instructions older LLVM BPF assemblers do not parse (cpu v4 forms before clang 18,
-# a store of an immediate before clang 16):
-# written as raw .8byte words, which keep the layout slot for slot
+# Instructions LLVM 14's BPF assembler (Debian bookworm's clang, the oldest
+# toolchain jitdiff checks with) cannot parse, measured form by form: the cpu
+# v4 forms, stores of an immediate, jset, modulo, the fetching atomics,
+# xchg/cmpxchg and the legacy packet loads with a register. They are written
+# as raw .8byte words, which keep the layout slot for slot (jump offsets stay
+# right), with the instruction in a comment.
 def _needs_raw(i: isa.Insn) -> bool:
     c, code, mode = i.opcode & 0x07, i.opcode & 0xF0, i.opcode & 0xE0
     if c in (isa.ALU, isa.ALU64):
-        if code in (isa.DIV, isa.MOD) and i.off:
-            return True
-        if code == isa.MOV and i.off:
-            return True
-        if code == isa.END and c == isa.ALU64:
-            return True
-    if c == isa.LDX and mode == isa.MEMSX:
+        return (
+            code == isa.MOD
+            or (code == isa.DIV and i.off != 0)
+            or (code == isa.MOV and i.off != 0)
+            or (code == isa.END and c == isa.ALU64)
+        )
+    if c in (isa.JMP, isa.JMP32):
+        return code == isa.JSET or i.opcode == isa.JMP32 | isa.JA
+    if c == isa.LDX:
+        return mode == isa.MEMSX
+    if c == isa.ST:
         return True
-    if c == isa.ST:  # store immediate: parsed from LLVM 16 on
-        return True
-    return i.opcode == isa.JMP32 | isa.JA
+    if c == isa.STX:
+        return mode == isa.ATOMIC and i.imm not in (isa.ADD, isa.OR, isa.AND, isa.XOR)
+    return c == isa.LD and mode == isa.IND
+
+
+_PCT = "JITDIFF_PCT"
 
 
 def _asm_lines(
@@ -207,14 +217,16 @@ def _asm_lines(
         if isa.is_jump(i):
             jump_targets.add(isa.jump_target(pc, i))
         pc += 2 if i.opcode == isa.LD_IMM64 else 1
-    labels = {t: f"l{t - start}_%=" for t in jump_targets}
+    # upstream's local labels end in %= (unique per asm statement); the
+    # formatter prints only plain names, so a placeholder stands in for it
+    labels = {t: f"l{t - start}_{_PCT}" for t in jump_targets}
     lines: list[str] = []
     operands: dict[str, str] = {}
     pc = start
     while pc < end:
         i = insns[pc]
         if pc in labels:
-            lines.append(f"{labels[pc]}:")
+            lines.append(f"{labels[pc].replace(_PCT, '%=')}:")
         if i.opcode == isa.LD_IMM64 and i.src in (isa.PSEUDO_MAP_FD, isa.PSEUDO_MAP_VALUE):
             m = maps[i.imm]
             operands[m] = f"__imm_addr({m})"
@@ -242,12 +254,12 @@ def _asm_lines(
             text = f"call %[{k}]"
         elif _needs_raw(i):
             text = f".8byte {int.from_bytes(isa.encode(i), 'little'):#018x}"
-            lines.append(f"/* {asm.format_insn(insns, pc, labels=labels)} */")
+            lines.append(f"/* {asm.format_insn(insns, pc, labels=labels).replace(_PCT, '%=')} */")
         else:
             text = asm.format_insn(insns, pc, labels=labels)
             if text.startswith(".raw"):
                 raise Unsupported(f"{prog.name} insn {pc}: {text} has no assembly syntax")
-        lines.append(text + ";")
+        lines.append(text.replace(_PCT, "%=") + ";")
         pc += 2 if i.opcode == isa.LD_IMM64 else 1
     if end in labels:  # a jump to the end of the function (the verifier refuses it)
         raise Unsupported(f"{prog.name}: a jump past the end of a function")
@@ -310,6 +322,19 @@ def _prog_c(case: Case, name: str, plan, funcs, source: str | None) -> str:
         out.append("")
     for mname, m in case.maps.items():
         out += _map_c(mname, m, plan[mname])
+    # a function whose address an operand takes (func[f]) must be declared first
+    taken = []
+    for pname, prog in case.programs.items():
+        for pc, i in enumerate(prog.insns):
+            if i.opcode == isa.LD_IMM64 and i.src == isa.PSEUDO_FUNC:
+                start = pc + 1 + i.imm
+                cname = funcs[pname][start]
+                if start == prog.exception_callback_pc():
+                    taken.append(f"int {cname}(__u64 cookie);")
+                else:
+                    taken.append(f"static int {cname}(void);")
+    if taken:
+        out += sorted(set(taken)) + [""]
     for pname, prog in case.programs.items():
         names = funcs[pname]
         starts = sorted(names)
