@@ -283,3 +283,31 @@ def test_object_paths_are_told_apart_by_content(tmp_path):
     (tmp_path / "x.o").write_text("program p raw_tp\n    r0 = 0\n    exit\n")
     assert not elf.is_object(tmp_path / "x.o")
     assert elf.sidecar_of("a/prog.bpf.o") == Path("a/prog.bpf.case")
+
+
+@needs_clang
+def test_a_divergence_report_names_the_export_and_exports(tmp_path, capsys):
+    # the tail-call limit off by one: the report is a case file that says how to
+    # send it upstream, and following it gives a selftest asserting 33 tail calls
+    src = str(CORPUS / "tail_calls/self_loop_33.case")
+    assert main(["run", src, "--engine", "x86_64+tcc-limit-32"]) == 1
+    out = capsys.readouterr().out
+    report = tmp_path / "found.case"
+    report.write_text(out[out.index("# DIVERGENCE") :])
+    assert "# upstream it: jitdiff export THIS_CASE_FILE --selftest" in report.read_text()
+    assert main(["export", str(report), "--selftest", str(tmp_path / "bpf")]) == 0
+    assert "runs as the case on interp, x86_64" in capsys.readouterr().out
+    test_c = (tmp_path / "bpf/prog_tests/found.c").read_text()
+    assert "/* 33 tail calls: counted in counts */" in test_c
+
+
+@needs_clang
+@pytest.mark.parametrize("seed", range(6))
+def test_generated_systems_round_trip_through_a_selftest(seed):
+    """Random systems use what the corpus does not (jset, modulo, atomics,
+    throws, private stacks, scripts): each form must compile and read back."""
+    from generators.systems import generate
+
+    case = generate(seed)
+    test = selftest.export(case, f"gen{seed}")
+    assert selftest.check(test, case, ("x86_64",)) == []
