@@ -343,11 +343,15 @@ class _Object:
                 self.map_index[m.name] = len(out)
                 out[m.name] = m
         for idx, sec in self.sections.items():
+            # libbpf's rule: .data, .data.*, .rodata, .rodata.* with bytes, and .bss
             mt = _DATA_RE.match(sec.name)
-            if not mt or sec["sh_type"] not in ("SHT_PROGBITS", "SHT_NOBITS"):
+            if not mt or not sec["sh_size"]:
                 continue
-            if ".str" in (mt.group(2) or "") or not sec["sh_size"]:
-                continue  # merged string literals and empty sections get no map in libbpf
+            if (sec["sh_type"], mt.group(1) == "bss") not in (
+                ("SHT_PROGBITS", False),
+                ("SHT_NOBITS", True),
+            ) or (mt.group(1) == "bss" and mt.group(2)):
+                continue
             name = mt.group(1) + re.sub(r"[^A-Za-z0-9_]", "_", mt.group(2) or "")
             if name in out:
                 raise self.err(f"section {sec.name}: map name {name} is taken by a .maps map")
