@@ -12,6 +12,8 @@ libbpf headers these tests skip with the reason.
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from harness.campaign.runner import Runner
 from harness.cli import main
 from harness.errors import CaseError
 from harness.formats import casefile, elf
+from harness.kernel.crashes import known_crash
 from harness.report import selftest
 
 HERE = Path(__file__).resolve().parent
@@ -311,3 +314,47 @@ def test_generated_systems_round_trip_through_a_selftest(seed):
     case = generate(seed)
     test = selftest.export(case, f"gen{seed}")
     assert selftest.check(test, case, ("x86_64",)) == []
+
+
+def _libbpf_version() -> tuple[int, int]:
+    text = Path("/usr/include/bpf/libbpf_version.h").read_text()
+    major = int(re.search(r"LIBBPF_MAJOR_VERSION (\d+)", text).group(1))
+    minor = int(re.search(r"LIBBPF_MINOR_VERSION (\d+)", text).group(1))
+    return major, minor
+
+
+NATIVE = [p for p in CASES if "kernel-findings" not in p.parts]
+
+
+@needs_clang
+@pytest.mark.parametrize("path", NATIVE, ids=[str(p.relative_to(CORPUS)) for p in NATIVE])
+def test_exported_prog_tests_pass_on_this_kernel(path, tmp_path):
+    """The prog_tests half as the kernel tree would build it: a bpftool
+    skeleton, -Wall -Werror, libbpf, run natively on this kernel."""
+    for tool in ("bpftool", "cc"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (Debian: apt install {tool})")
+    why = engines.available("kernel-native")
+    if why:
+        pytest.skip(f"no native test runs: {why}")
+    case = casefile.load(path)
+    if known_crash(case) or known_crash(case, when="run"):
+        pytest.skip(f"never on this kernel: {known_crash(case) or known_crash(case, when='run')}")
+    if any(p.exception_callback for p in case.programs.values()) and _libbpf_version() < (1, 3):
+        pytest.skip(f"libbpf {_libbpf_version()} does not append exception callbacks (1.3 does)")
+    name = path.stem
+    test = selftest.export(case, name)
+    obj = selftest.compile_program(test.prog_c, tmp_path, name)
+    skel = subprocess.run(
+        ["bpftool", "gen", "skeleton", str(obj), "name", name], capture_output=True, check=True
+    )
+    (tmp_path / f"{name}.skel.h").write_bytes(skel.stdout)
+    (tmp_path / "prog_test.c").write_text(test.test_c)
+    (tmp_path / "main.c").write_text(
+        f'#include "prog_test.c"\nint main(void) {{ test_{name}(); return failures != 0; }}\n'
+    )
+    cc = ["cc", "-Wall", "-Werror", "-O0", f"-I{tmp_path}", f"-I{HERE / 'native'}"]
+    subprocess.run([*cc, "-o", str(tmp_path / "t"), str(tmp_path / "main.c"), "-lbpf"], check=True)
+    res = subprocess.run([str(tmp_path / "t")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "open_and_load" in res.stderr and "FAIL" not in res.stderr
