@@ -57,8 +57,7 @@ _C_RESERVED = (
     frozenset(
         """auto break case char const continue default do double else enum extern float for goto
     if inline int long register restrict return short signed sizeof static struct switch
-    typedef union unsigned void volatile while main _license jitdiff_ksym_btf skel key err
-    value fd""".split()
+    typedef union unsigned void volatile while main _license jitdiff_ksym_btf""".split()
     )
     | {h.name for h in HELPERS.values()}
     | set(KFUNCS.values())
@@ -562,6 +561,9 @@ def export(case: Case, name: str, *, source: str | None = None, profile=None) ->
     funcs = _function_names(case)
     _check_names(case, funcs)
     obj = {n: (f"data_{n}" if p == "data" else n) for n, p in plan.items()}
+    clash = next((n for n in obj if obj[n] != n and obj[n] in obj), None)
+    if clash:
+        raise Unsupported(f"map {clash} becomes data_{clash} in the object, a name map uses")
 
     eng = engines.get("interp", profile) if profile is not None else engines.get("interp")
     try:
