@@ -63,8 +63,9 @@ _C_RESERVED = (
     | set(KFUNCS.values())
 )
 
-#: stand-ins for the kernel tree's bpf_misc.h and bpf_experimental.h, enough to
-#: compile an exported program outside the tree (the macros are upstream's)
+#: stand-ins for the kernel tree's bpf_misc.h, bpf_experimental.h and the
+#: vmlinux.h it includes, enough to compile an exported program outside the
+#: tree (the macros are upstream's)
 SHIM = {
     "bpf_misc.h": """\
 /* jitdiff's stand-in for tools/testing/selftests/bpf/progs/bpf_misc.h */
@@ -79,10 +80,19 @@ SHIM = {
 #endif
 #endif
 """,
+    "vmlinux.h": """\
+/* jitdiff's stand-in for the vmlinux.h bpftool generates: the UAPI types */
+#ifndef __VMLINUX_H__
+#define __VMLINUX_H__
+#include <linux/bpf.h>
+#endif
+""",
     "bpf_experimental.h": """\
 /* jitdiff's stand-in for tools/testing/selftests/bpf/bpf_experimental.h */
 #ifndef __BPF_EXPERIMENTAL__
 #define __BPF_EXPERIMENTAL__
+#include <vmlinux.h>
+#include <bpf/bpf_helpers.h>
 extern void bpf_throw(__u64 cookie) __ksym;
 #define __exception_cb(name) __attribute__((btf_decl_tag("exception_callback:" #name)))
 #endif
@@ -296,20 +306,18 @@ def _prog_c(case: Case, name: str, plan, funcs, source: str | None) -> str:
         f"/* {name}: exported by jitdiff" + (f" from {source}" if source else "") + ".",
     ]
     out += [f" * {ln}".rstrip() for ln in case.comment.splitlines()]
-    out += [
-        " */",
-        "",
-        "#include <linux/bpf.h>",
-        "#include <bpf/bpf_helpers.h>",
-        '#include "bpf_misc.h"',
-    ]
     uses_throw = any(
         i.opcode == isa.JMP | isa.CALL and i.src == isa.PSEUDO_KFUNC_CALL
         for p in case.programs.values()
         for i in p.insns
     )
-    has_cb = any(p.exception_callback for p in case.programs.values())
-    if uses_throw or has_cb:
+    experimental = uses_throw or any(p.exception_callback for p in case.programs.values())
+    # bpf_experimental.h (bpf_throw, __exception_cb) includes vmlinux.h, which
+    # clashes with linux/bpf.h: such programs include vmlinux.h as upstream's
+    # exceptions*.c do
+    out += [" */", "", "#include <vmlinux.h>" if experimental else "#include <linux/bpf.h>"]
+    out += ["#include <bpf/bpf_helpers.h>", '#include "bpf_misc.h"']
+    if experimental:
         out.append('#include "bpf_experimental.h"')
     out.append("")
     slot_progs = sorted(
