@@ -48,7 +48,7 @@ from harness.outcome import Status
 from harness.reference.helpers import HELPERS, KFUNCS
 from harness.system import Case, MapDef, Program, Step
 
-__all__ = ["Selftest", "export", "write", "check", "toolchain", "SHIM"]
+__all__ = ["Selftest", "export", "write", "check", "compile_program", "toolchain", "SHIM"]
 
 #: what each case program type is in libbpf's SEC() names
 _SECTIONS = {"sched_cls": "tc", "raw_tp": "raw_tp"}
