@@ -79,7 +79,8 @@ def render_divergence(
         f"first difference: {d.detail or d.oracle}" + (f" at {d.where}" if d.where else ""),
         f"  interp:  {d.expected!r}",
         f"  {engine}: {d.actual!r}",
-        "upstream it: jitdiff export THIS_CASE_FILE --selftest tools/testing/selftests/bpf",
+        "as a kernel selftest: jitdiff export THIS_FILE --selftest "
+        "LINUX/tools/testing/selftests/bpf",
     ]
     where = d.where
     if step is not None:

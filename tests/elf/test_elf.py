@@ -297,7 +297,7 @@ def test_a_divergence_report_names_the_export_and_exports(tmp_path, capsys):
     out = capsys.readouterr().out
     report = tmp_path / "found.case"
     report.write_text(out[out.index("# DIVERGENCE") :])
-    assert "# upstream it: jitdiff export THIS_CASE_FILE --selftest" in report.read_text()
+    assert "# as a kernel selftest: jitdiff export THIS_FILE --selftest" in report.read_text()
     assert main(["export", str(report), "--selftest", str(tmp_path / "bpf")]) == 0
     assert "runs as the case on interp, x86_64" in capsys.readouterr().out
     test_c = (tmp_path / "bpf/prog_tests/found.c").read_text()
