@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness import engines, formats
 from harness.errors import JitdiffError
+from harness.process import Interrupted
 from harness.reference.profile import PROFILES
 
 __all__ = ["main"]
@@ -69,7 +70,7 @@ def _profile(args):
         ) from None
 
 
-def _outcome_json(out) -> dict:
+def _outcome_json(out, fails: list[str]) -> dict:
     return {
         "engine": out.engine,
         "runs": [
@@ -84,7 +85,62 @@ def _outcome_json(out) -> dict:
             }
             for r in out.runs
         ],
+        "failures": fails,
     }
+
+
+def _value_json(v):
+    """An oracle's value as JSON: numbers, strings, lists; anything else as
+    its repr (what the text report prints)."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, (tuple, list)):
+        return [_value_json(x) for x in v]
+    if isinstance(v, bytes):
+        return v.hex()
+    return repr(v)
+
+
+def _divergence_json(engine: str, d, step) -> dict:
+    out = {
+        "engine": engine,
+        "oracle": d.oracle,
+        "run": d.run,
+        "signature": d.signature(),
+        "first_difference": {
+            "detail": d.detail or d.oracle,
+            "where": str(d.where) if d.where else None,
+            "event": d.event,
+            "expected": _value_json(d.expected),
+            "actual": _value_json(d.actual),
+        },
+        "lockstep": None,
+    }
+    if step is not None:
+        a, b = step
+        out["lockstep"] = {
+            "where": str((a or b).where),
+            "expected": _value_json(a.data) if a else None,
+            "actual": _value_json(b.data) if b else None,
+        }
+    return out
+
+
+def _print_runs(path, out, fails: list[str]) -> None:
+    shown = ""
+    for i, r in enumerate(out.runs):
+        where = f" at {r.where}" if r.where and not r.ok else ""
+        head, _, more = r.detail.partition("\n") if not r.ok else ("", "", "")
+        detail = f" ({head})" if head else ""
+        print(
+            f"{path} [{out.engine}] run {i}: {r.status.value} retval={r.retval} "
+            f"tail_calls={r.tail_calls}{where}{detail}"
+        )
+        if more and more != shown:  # a verifier log is the same for every run: once
+            print("\n".join("    " + ln for ln in more.splitlines()))
+            shown = more
+    for f in fails:
+        print(f"{path} [{out.engine}] FAIL {f}")
 
 
 def cmd_run(args) -> int:
@@ -94,33 +150,35 @@ def cmd_run(args) -> int:
     names = _engines(args) if args.engine else ["interp"]
     runner = Runner(names, _profile(args), **_options(args))
     status = 0
-    payload = []
-    for path in args.cases:
-        case = formats.load_any(path)
-        res = runner.check(case)
-        outs = [res.reference] + [o for _, _, o in res.candidates.values()]
-        for out in outs:
-            if out.engine != "interp" and out.engine not in names:
-                continue
-            fails = expectation_failures(case, out.runs)
-            if args.json:
-                payload.append({"case": str(path), **_outcome_json(out), "failures": fails})
-                continue
-            for i, r in enumerate(out.runs):
-                where = f" at {r.where}" if r.where and not r.ok else ""
-                detail = f" ({r.detail})" if r.detail and not r.ok else ""
-                print(
-                    f"{path} [{out.engine}] run {i}: {r.status.value} retval={r.retval} "
-                    f"tail_calls={r.tail_calls}{where}{detail}"
-                )
-            for f in fails:
-                print(f"{path} [{out.engine}] FAIL {f}")
-            status |= bool(fails)
-        for name, d in res.divergences:
-            status = 1
-            if not args.json:
+    payload: list[dict] = []
+    done = 0
+    try:
+        for path in args.cases:
+            case = formats.load_any(path)
+            res = runner.check(case)
+            outs = [res.reference] + [o for _, _, o in res.candidates.values()]
+            entry: dict = {
+                "case": str(path),
+                "verdicts": {n: v.value for n, (v, _, _) in res.candidates.items()},
+                "outcomes": [],
+                "divergences": [],
+            }
+            for out in outs:
+                if out.engine != "interp" and out.engine not in names:
+                    continue
+                fails = expectation_failures(case, out.runs)
+                status |= bool(fails)
+                if args.json:
+                    entry["outcomes"].append(_outcome_json(out, fails))
+                else:
+                    _print_runs(path, out, fails)
+            for name, d in res.divergences:
+                status = 1
                 eng = next(e for e in runner.engines if e.name == name)
-                step = runner.pinpoint(case, name, d.run)
+                step = runner.pinpoint(case, name, d.run) if d.oracle != "rejected" else None
+                if args.json:
+                    entry["divergences"].append(_divergence_json(name, d, step))
+                    continue
                 print(
                     report.render_divergence(
                         case,
@@ -131,10 +189,26 @@ def cmd_run(args) -> int:
                         step=step,
                     )
                 )
+            payload.append(entry)
+            done += 1
+    except KeyboardInterrupt:
+        if args.json:
+            _print_json(payload, status, interrupted=True)
+        raise Interrupted(f"interrupted after {done} of {len(args.cases)} case files") from None
+    finally:
+        runner.close()
     if args.json:
-        print(json.dumps(payload, indent=1))
-    runner.close()
+        _print_json(payload, status)
     return status
+
+
+def _print_json(cases: list[dict], status: int, *, interrupted: bool = False) -> None:
+    # schema: docs/cli.md
+    print(
+        json.dumps(
+            {"version": 1, "status": 130 if interrupted else status, "cases": cases}, indent=1
+        )
+    )
 
 
 def cmd_conformance(args) -> int:
@@ -196,8 +270,10 @@ def cmd_fuzz(args) -> int:
         report_known=args.report_known,
         options=_options(args),
     )
-    summary = run_campaign(camp)
+    summary = run_campaign(camp, out=sys.stdout)
     print(summary.render())
+    if summary.interrupted:
+        return 130
     return 1 if summary.findings else 0
 
 
@@ -210,17 +286,28 @@ def cmd_replay(args) -> int:
         raise JitdiffError(f"no case files under {', '.join(map(str, paths))}")
     names = args.engine or [n for n in engines.ENGINES if n != "interp"]
     usable = _available(names, skip=True)
-    runner = Runner(usable, _profile(args), **_options(args))
-    bad = 0
-    for f in files:
-        case = formats.load_any(f)
-        res = runner.check(case)
-        problems = [f"interp: {x}" for x in expectation_failures(case, res.reference.runs)]
-        problems += [str(d) for _, d in res.divergences]
-        status = "FAIL" if problems else "ok"
-        print(f"{status:4s} {f}" + "".join(f"\n     {p}" for p in problems))
-        bad += bool(problems)
-    runner.close()
+    opts = _options(args)
+    if any(engines.base_name(n).startswith("kernel") for n in usable):
+        # a kernel crash reproducer goes with the corpus being replayed
+        opts["crash_dir"] = Path(args.corpus) / "crashes"
+    runner = Runner(usable, _profile(args), **opts)
+    bad = done = 0
+    try:
+        for f in files:
+            case = formats.load_any(f)
+            res = runner.check(case)
+            problems = [f"interp: {x}" for x in expectation_failures(case, res.reference.runs)]
+            problems += [f"{n}: {d}" for n, d in res.divergences]
+            status = "FAIL" if problems else "ok"
+            print(f"{status:4s} {f}" + "".join(f"\n     {p}" for p in problems), flush=True)
+            bad += bool(problems)
+            done += 1
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"{done - bad} passed, {bad} failed, interrupted after {done} of {len(files)}"
+        ) from None
+    finally:
+        runner.close()
     print(f"{len(files) - bad} passed, {bad} failed")
     return 1 if bad else 0
 
@@ -400,7 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"jitdiff: {e.filename or ''}: {e.strerror}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C: what was done so far, then 130
+        summary = getattr(e, "summary", "")
+        try:
+            if summary:
+                print(summary, flush=True)
+            print("jitdiff: interrupted", file=sys.stderr)
+        except (BrokenPipeError, KeyboardInterrupt):
+            pass
         return 130
 
 

@@ -86,9 +86,17 @@ class Expect:
     tail_calls: int | None = None
     #: (map name, key) -> expected value bytes after the run.
     maps: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    #: the low 32 bits of r0 only: what BPF_PROG_TEST_RUN reports, so an
+    #: expectation taken from the kernel can be written down
+    retval32: int | None = None
 
     def empty(self) -> bool:
-        return self.retval is None and self.tail_calls is None and not self.maps
+        return (
+            self.retval is None
+            and self.retval32 is None
+            and self.tail_calls is None
+            and not self.maps
+        )
 
 
 @dataclass

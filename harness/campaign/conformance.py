@@ -14,6 +14,7 @@ from harness import engines
 from harness.errors import JitdiffError
 from harness.formats import ubpf
 from harness.outcome import Status
+from harness.process import Interrupted
 from harness.system import Case, Program
 
 __all__ = ["to_case", "run_directory", "check_test"]
@@ -58,11 +59,18 @@ def run_directory(root: Path, names: list[str], *, verbose: bool = False) -> tup
     if root.name != "negative" and (root / ".." / "negative").is_dir() and root.name == "tests":
         files += sorted((root / ".." / "negative").resolve().glob("*.data"))
     counts = {"pass": 0, "fail": 0, "skip": 0}
-    for path in files:
-        verdict, msg = check_test(path, engine_objs)
-        counts[verdict] += 1
-        if verdict == "fail" or (verbose and msg):
-            print(f"{path}: {verdict.upper()} {msg}")
-    for e in engine_objs:
-        e.close()
+    try:
+        for path in files:
+            verdict, msg = check_test(path, engine_objs)
+            counts[verdict] += 1
+            if verdict == "fail" or (verbose and msg):
+                print(f"{path}: {verdict.upper()} {msg}")
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped, "
+            f"interrupted after {sum(counts.values())} of {len(files)}"
+        ) from None
+    finally:
+        for e in engine_objs:
+            e.close()
     return counts["pass"], counts["fail"], counts["skip"]

@@ -6,6 +6,11 @@ is ``generators.generate(S * 2**32 + i)``, so a campaign is deterministic for
 its seed whatever the number of workers. A divergence is shrunk in the worker
 (``harness.campaign.shrink``) and sent to the parent, which alone writes the corpus:
 one file per divergence signature, written atomically, never overwriting.
+
+Lifecycle: the corpus is checked writable before any worker starts; a finding
+is printed before it is saved (a failed save loses nothing); the workers die
+with the parent (``harness.process.die_with_parent``) and leave Ctrl-C to it,
+which stops them and returns the summary so far (``Summary.interrupted``).
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ import hashlib
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
+import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from generators import coverage as shape_coverage
@@ -29,7 +37,9 @@ from harness.campaign.known import known
 from harness.campaign.reduce import reduce_case
 from harness.campaign.runner import Runner
 from harness.campaign.shrink import shrink_choices
+from harness.errors import JitdiffError
 from harness.formats import casefile
+from harness.process import die_with_parent, ignore_interrupts, parent_alive
 from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 from oracles import Verdict
@@ -44,6 +54,7 @@ __all__ = [
     "check_one",
     "shrink",
     "signature",
+    "check_corpus",
 ]
 
 
@@ -77,6 +88,8 @@ class Finding:
     insns: int
     programs: int
     path: str | None = None
+    #: why the reproducer could not be saved (it was printed all the same)
+    unsaved: str = ""
 
 
 @dataclass
@@ -89,14 +102,21 @@ class Summary:
     known: Counter = field(default_factory=Counter)
     poisoned: Counter = field(default_factory=Counter)
     coverage: Counter = field(default_factory=Counter)
+    #: harness events (a kernel worker killed from outside), counted, not findings
+    incidents: Counter = field(default_factory=Counter)
+    #: stopped by Ctrl-C: the counts are those so far
+    interrupted: bool = False
 
     def render(self) -> str:
         rate = self.cases / self.seconds if self.seconds else 0.0
         lines = [
-            f"{self.cases} cases in {self.seconds:.1f}s ({rate:.0f}/s), "
+            ("interrupted: " if self.interrupted else "")
+            + f"{self.cases} cases in {self.seconds:.1f}s ({rate:.0f}/s), "
             f"{len(self.findings)} divergences ({self.duplicates} duplicates), "
             f"{sum(self.poisoned.values())} poisoned"
         ]
+        for what, n in self.incidents.most_common():
+            lines.append(f"  harness {n:7d}  {what} (retried)")
         for sig, n in self.known.most_common():
             lines.append(f"  known  {n:8d}  {sig} (see {known(sig)})")
         for why, n in self.poisoned.most_common(6):
@@ -107,6 +127,8 @@ class Summary:
                 lines.append(f"  {shape:40s} {n:7d}  {100.0 * n / max(self.cases, 1):5.1f}%")
         for f in self.findings:
             where = f" -> {f.path}" if f.path else ""
+            if f.unsaved:
+                where = f" (not saved: {f.unsaved})"
             lines.append(
                 f"DIVERGENCE {f.engine} [{f.oracle}] case #{f.index} after "
                 f"{f.seconds:.1f}s, shrunk to {f.programs} programs / {f.insns} "
@@ -161,7 +183,9 @@ def shrink(runner: Runner, engine: str, sig: str, choices: list[int], config: Co
     return reduce_case(build_system(ChoiceDraw(best), config), still_diverges)
 
 
-def _worker(w: int, camp: Campaign, out: mp.Queue, stop) -> None:
+def _worker(w: int, camp: Campaign, out: mp.Queue, stop, parent: int) -> None:
+    die_with_parent(parent)
+    ignore_interrupts()
     runner = Runner(camp.engines, camp.profile or LINUX, **camp.options)
     start = time.monotonic()
     i = w
@@ -171,7 +195,7 @@ def _worker(w: int, camp: Campaign, out: mp.Queue, stop) -> None:
     poisoned: Counter = Counter()
     last = time.monotonic()
     try:
-        while not stop.is_set():
+        while not stop.is_set() and parent_alive(parent):
             if camp.examples is not None and i >= camp.examples:
                 break
             if camp.seconds is not None and time.monotonic() - start >= camp.seconds:
@@ -216,6 +240,7 @@ def _worker(w: int, camp: Campaign, out: mp.Queue, stop) -> None:
             i += camp.workers
     finally:
         out.put(("progress", w, n, cov, poisoned))
+        out.put(("incidents", runner.incidents()))
         out.put(("done", w))
         runner.close()
 
@@ -232,50 +257,91 @@ def _save(corpus: Path, f: Finding) -> str | None:
     return str(path)
 
 
-def _record(summary: Summary, f: Finding, corpus: Path | None) -> Finding | None:
+def check_corpus(corpus: Path) -> None:
+    """Raise ``JitdiffError`` with the reason unless reproducers can be saved
+    under ``corpus`` (before the campaign, not at its first finding)."""
+    found = corpus / "found"
+    try:
+        found.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=found, prefix=".probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise JitdiffError(
+            f"--corpus {corpus}: cannot save reproducers in {found}: {e.strerror}"
+        ) from None
+
+
+def _save_or_say(corpus: Path, f: Finding, path: str | None = None) -> None:
+    """Save ``f`` (over ``path``, a file this campaign wrote, when given);
+    a failure is noted on the finding, never raised: it was printed."""
+    try:
+        if path is None:
+            f.path = _save(corpus, f)
+        else:
+            casefile.save(casefile.parse(f.text, file=path), Path(path))
+            f.path = path
+    except (OSError, JitdiffError) as e:
+        f.path, f.unsaved = None, getattr(e, "strerror", None) or str(e)
+
+
+def _record(
+    summary: Summary, f: Finding, corpus: Path | None, show: Callable | None = None
+) -> Finding | None:
     """Keep one finding per signature: the one earliest in the seed's order,
     whichever worker's arrived first (a worker still shrinking an earlier
     case reports it late), so a seed's report does not depend on timing.
-    Returns the finding to print, if it is kept."""
+    A kept finding is shown (``show``) before it is saved, so a corpus that
+    fails loses nothing. Returns the finding, if it is kept."""
     old = next((g for g in summary.findings if g.signature == f.signature), None)
     if old is None:
-        if corpus is not None:
-            f.path = _save(corpus, f)
         summary.findings.append(f)
+        if show is not None:
+            show(f)
+        if corpus is not None:
+            _save_or_say(corpus, f)
         return f
     summary.duplicates += 1
     if f.index >= old.index:
         return None
-    if old.path is not None:  # written by this campaign: replace it (atomically)
-        casefile.save(casefile.parse(f.text, file=old.path), Path(old.path))
-        f.path = old.path
     summary.findings[summary.findings.index(old)] = f
+    if show is not None:
+        show(f)
+    if old.path is not None:  # written by this campaign: replace it (atomically)
+        _save_or_say(corpus or Path(old.path).parent, f, old.path)
     return f
 
 
-def run_campaign(camp: Campaign, *, stream=None) -> Summary:
+def run_campaign(camp: Campaign, *, stream=None, out=None) -> Summary:
+    """Run ``camp``: progress goes to ``stream`` (default stderr), each
+    finding's report to ``out`` (default ``stream``). Ctrl-C ends it early
+    with the summary so far (``interrupted``); an unwritable corpus is a
+    ``JitdiffError`` before any work."""
     stream = stream or sys.stderr  # looked up now: tests swap sys.stderr
+    out = out or stream
+    if camp.corpus is not None:
+        check_corpus(camp.corpus)
+        if "crash_dir" not in camp.options:
+            # kernel crash reproducers go with the campaign's corpus
+            camp = replace(camp, options={**camp.options, "crash_dir": camp.corpus / "crashes"})
     summary = Summary()
     start = time.monotonic()
     ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
-    out = ctx.Queue()
+    inbox = ctx.Queue()
     stop = ctx.Event()
     procs = [
-        ctx.Process(target=_worker, args=(w, camp, out, stop), daemon=True)
+        ctx.Process(target=_worker, args=(w, camp, inbox, stop, os.getpid()), daemon=True)
         for w in range(camp.workers)
     ]
-    for p in procs:
-        p.start()
-    done = 0
     tty = camp.progress and stream.isatty()
-    last_draw = 0.0
-    while done < len(procs):
-        try:
-            msg = out.get(timeout=0.5)
-        except queue.Empty:
-            if not any(p.is_alive() for p in procs):
-                break
-            continue
+
+    def show(f: Finding) -> None:
+        if tty:  # the report starts on a line of its own, not after the progress
+            stream.write("\r\x1b[K")
+            stream.flush()
+        print(f.text, file=out, flush=True)
+
+    def handle(msg) -> None:
         kind = msg[0]
         if kind == "progress":
             _, _, n, cov, poisoned = msg
@@ -286,34 +352,90 @@ def run_campaign(camp: Campaign, *, stream=None) -> Summary:
             summary.duplicates += 1
         elif kind == "known":
             summary.known[msg[1]] += 1
+        elif kind == "incidents":
+            summary.incidents.update(msg[1])
         elif kind == "finding":
-            f = _record(summary, msg[1], camp.corpus)
+            f = _record(summary, msg[1], camp.corpus, show)
             if f is not None:
-                print(f.text, file=stream)
+                if f.path:
+                    print(f"saved {f.path}", file=out, flush=True)
+                elif f.unsaved:
+                    print(f"not saved ({f.unsaved})", file=out, flush=True)
                 if camp.stop_on_first:
                     stop.set()
-        elif kind == "done":
-            done += 1
-        now = time.monotonic()
-        if tty and now - last_draw > 0.25:
-            last_draw = now
-            el = now - start
-            stream.write(
-                f"\r{summary.cases} cases  {summary.cases / max(el, 1e-9):.0f}/s  "
-                f"{len(summary.findings)} divergences  "
-                f"{sum(summary.poisoned.values())} poisoned  "
-                f"{len(summary.coverage)} shapes  {el:.0f}s "
-            )
-            stream.flush()
+
+    done = 0
+    last_draw = 0.0
+    try:
+        for p in procs:
+            p.start()
+        while done < len(procs):
+            try:
+                msg = inbox.get(timeout=0.5)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            if msg[0] == "done":
+                done += 1
+            handle(msg)
+            now = time.monotonic()
+            if tty and now - last_draw > 0.25:
+                last_draw = now
+                el = now - start
+                stream.write(
+                    f"\r{summary.cases} cases  {summary.cases / max(el, 1e-9):.0f}/s  "
+                    f"{len(summary.findings)} divergences  "
+                    f"{sum(summary.poisoned.values())} poisoned  "
+                    f"{len(summary.coverage)} shapes  {el:.0f}s "
+                )
+                stream.flush()
+    except KeyboardInterrupt:
+        summary.interrupted = True
     stop.set()
+    if summary.interrupted:
+        _wind_down(procs, inbox, handle, done)
     for p in procs:
         p.join(timeout=5)
         if p.is_alive():
             p.kill()
+            p.join()
     if tty:
         stream.write("\n")
     summary.seconds = time.monotonic() - start
     return summary
+
+
+#: after Ctrl-C, how long the workers get to finish the case in hand
+WIND_DOWN = 2.0
+
+
+def _wind_down(procs, inbox, handle, done: int) -> None:
+    """After Ctrl-C: take what the workers still send for ``WIND_DOWN``
+    seconds (their last counts, a finding already shrunk), then kill the
+    rest (each kernel worker dies with its fuzz worker). A second Ctrl-C
+    meanwhile is ignored: the summary is on its way."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        deadline = time.monotonic() + WIND_DOWN
+        while done < len([p for p in procs if p.pid is not None]):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                msg = inbox.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    break
+                continue
+            if msg[0] == "done":
+                done += 1
+            handle(msg)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def default_workers() -> int:

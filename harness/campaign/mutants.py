@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from generators.config import Config
 from harness.campaign.fuzz import Campaign, run_campaign
 from harness.jit import DESIGNS, FAULTS
+from harness.process import Interrupted
 from harness.reference.profile import PROFILES
 
 __all__ = ["MUTANTS", "Score", "scoreboard", "render"]
@@ -83,6 +84,8 @@ def scoreboard(
         )
         with open(os.devnull, "w") as quiet:  # the scoreboard is the output
             summary = run_campaign(camp, stream=quiet)
+        if summary.interrupted:  # Ctrl-C: the rows so far are the answer
+            raise Interrupted(render(scores) + f"\ninterrupted while fuzzing {spec}")
         f = summary.findings[0] if summary.findings else None
         score = Score(
             spec,

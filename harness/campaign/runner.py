@@ -6,6 +6,8 @@ and the tests are thin layers over ``Runner.check``.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from harness import engines
@@ -14,7 +16,14 @@ from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 from oracles import Divergence, Verdict, compare_case, first_difference
 
-__all__ = ["Runner", "Result", "expectation_failures", "REFERENCE_BUDGET", "native_budget"]
+__all__ = [
+    "Runner",
+    "Result",
+    "expectation_failures",
+    "rejection",
+    "REFERENCE_BUDGET",
+    "native_budget",
+]
 
 #: BPF instructions the reference may execute per run.
 REFERENCE_BUDGET = 200_000
@@ -63,8 +72,19 @@ class Runner:
         for eng in self.engines:
             out = eng.run(case, budget=native_budget(steps), lockstep=lockstep)
             v, d = compare_case(ref.runs, out.runs)
+            if v is Verdict.POISONED:
+                v, d = rejection(ref.runs, out.runs) or (v, d)
             result.candidates[eng.name] = (v, d, out)
         return result
+
+    def incidents(self) -> Counter:
+        """Harness events the engines counted (a kernel worker killed from
+        outside and retried): not findings, but worth a line in a summary."""
+        total: Counter = Counter()
+        for e in self.engines:
+            worker = getattr(e, "worker", None)
+            total.update(getattr(worker, "incidents", {}))
+        return total
 
     def pinpoint(
         self, case: Case, engine: str, run: int
@@ -90,6 +110,29 @@ class Runner:
             e.close()
 
 
+def rejection(ref: list[RunOutcome], cand: list[RunOutcome]) -> tuple[Verdict, Divergence] | None:
+    """A loader (the kernel verifier) that refused a system the reference
+    ran is a divergence, oracle ``rejected``: either the generator or case is
+    outside what the kernel accepts, or the verifier is wrong; never silence.
+    A reference that found the program invalid or ran out of budget has not
+    accepted it: that stays poisoned."""
+    for i, (a, b) in enumerate(zip(ref, cand)):
+        if b.status is not Status.REJECTED:
+            continue
+        if a.status in (Status.INVALID, Status.BUDGET):
+            return None
+        head = b.detail.split("\n", 1)[0]
+        # "prog NAME rejected (ERRNO): REASON" (harness.kernel.bpf.Rejected):
+        # the errno and the reason are the kind of rejection (the signature),
+        # the program's name and the numbers in the reason are not
+        why = head.partition("rejected ")[2] or head
+        kind = re.sub(r"\d+", "N", why.replace(":", ""))
+        return Verdict.DIVERGE, Divergence(
+            "rejected", i, a.status.value, b.status.value, None, f"{kind}: {head}"
+        )
+    return None
+
+
 def expectation_failures(case: Case, runs: list[RunOutcome]) -> list[str]:
     """The case's own expectations against one engine's runs."""
     failures = []
@@ -99,15 +142,24 @@ def expectation_failures(case: Case, runs: list[RunOutcome]) -> list[str]:
         if exp.empty():
             continue
         if out.status is not Status.OK:
-            failures.append(
-                f"run {i} ({step.program}): {out.status.value} at {out.where}: {out.detail}"
-            )
+            # the first line says what happened; a log below it is printed once
+            # with the outcome, not once per failure
+            what = out.detail.split("\n", 1)[0]
+            at = f" at {out.where}" if out.where else ""
+            failures.append(f"run {i} ({step.program}): {out.status.value}{at}: {what}")
             continue
         want = exp.retval
         if want is not None and "retval_high32" in out.unobserved:
             want &= 0xFFFF_FFFF
         if want is not None and out.retval != want:
             failures.append(f"run {i} ({step.program}): retval {out.retval:#x}, expected {want:#x}")
+        # every engine reports r0, so the low 32 bits are checked on all of them
+        want32 = exp.retval32
+        if want32 is not None and out.retval is not None and out.retval & 0xFFFF_FFFF != want32:
+            failures.append(
+                f"run {i} ({step.program}): retval32 {out.retval & 0xFFFF_FFFF:#x}, "
+                f"expected {want32:#x}"
+            )
         if None not in (exp.tail_calls, out.tail_calls) and out.tail_calls != exp.tail_calls:
             failures.append(
                 f"run {i} ({step.program}): {out.tail_calls} tail calls, expected {exp.tail_calls}"

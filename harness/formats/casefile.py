@@ -285,11 +285,15 @@ def _parse_step(p: _Parser, b: _Block) -> Step:
 def _parse_expect(p: _Parser, line: int, text: str, e: Expect) -> None:
     w = text.split()
     if len(w) < 3 or w[0] != "expect":
-        raise p.err(f"expected 'expect retval|tail_calls|map ...', got {text!r}", line)
+        raise p.err(f"expected 'expect retval|retval32|tail_calls|map ...', got {text!r}", line)
     if w[1] == "retval" and len(w) == 3:
         if e.retval is not None:
             raise p.err("expect retval given twice", line)
         e.retval = p.number(w[2], line, "retval")
+    elif w[1] == "retval32" and len(w) == 3:
+        if e.retval32 is not None:
+            raise p.err("expect retval32 given twice", line)
+        e.retval32 = p.number(w[2], line, "retval32", hi=0xFFFF_FFFF)
     elif w[1] == "tail_calls" and len(w) == 3:
         if e.tail_calls is not None:
             raise p.err("expect tail_calls given twice", line)
@@ -303,7 +307,7 @@ def _parse_expect(p: _Parser, line: int, text: str, e: Expect) -> None:
         p.expect_lines[id(e), w[2], key] = line
     else:
         raise p.err(
-            f"expected 'expect retval N', 'expect tail_calls N' or "
+            f"expected 'expect retval N', 'expect retval32 N', 'expect tail_calls N' or "
             f"'expect map NAME KEY = HEX', got {text!r}",
             line,
         )
@@ -408,6 +412,8 @@ def render(case: Case) -> str:
             e = st.expect
             if e.retval is not None:
                 out.append(f"    expect retval {_num(e.retval)}")
+            if e.retval32 is not None:
+                out.append(f"    expect retval32 {_num(e.retval32)}")
             if e.tail_calls is not None:
                 out.append(f"    expect tail_calls {e.tail_calls}")
             for (mname, key), value in e.maps.items():
@@ -461,6 +467,13 @@ def load(path: str | os.PathLike[str]) -> Case:
     return parse(p.read_text(encoding="utf-8"), file=str(p))
 
 
+def _umask() -> int:
+    # the only portable way to read the umask is to set it: set it back at once
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save(case: Case, path: str | os.PathLike[str]) -> None:
     """Write ``case`` atomically: a reader sees the old file or the new one,
     never a partial one, even if rendering fails or the machine crashes."""
@@ -468,6 +481,9 @@ def save(case: Case, path: str | os.PathLike[str]) -> None:
     target = Path(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; a case is a source file: 0666 less
+        # the umask, as open() would have made it
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

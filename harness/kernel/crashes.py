@@ -15,12 +15,19 @@ report, so that one bug found twice is saved once.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from harness.system import Case, Program
 
-__all__ = ["KnownCrash", "KNOWN_CRASHES", "known_crash", "CRASH_LINE", "signature"]
+__all__ = [
+    "KnownCrash",
+    "KNOWN_CRASHES",
+    "known_crash",
+    "CRASH_LINE",
+    "kernel_report",
+    "signature",
+]
 
 
 @dataclass(frozen=True)
@@ -134,8 +141,42 @@ def known_crash(case: Case, *, when: str = "load") -> str | None:
     return None
 
 
-#: a kernel log line that means the kernel hit a bug while we used it
-CRASH_LINE = re.compile(r"BUG:|Oops|general protection fault|WARNING:")
+#: a kernel log line that starts a report of a kernel bug: an oops, a BUG (a lockup
+#: detector's too), a WARN splat (``verifier bug: ...`` is the message a
+#: verifier WARN prints just before its ``WARNING:`` line), a sanitizer
+CRASH_LINE = re.compile(
+    r"BUG:|Oops|general protection fault|WARNING:|kernel BUG at|verifier bug:|UBSAN:|KASAN:"
+)
+#: the line of a report that names the task it happened in
+_TASK = re.compile(r"\bPID: (\d+)")
+#: the end of one report
+_END = re.compile(r"---\[ end trace|---\[ end Kernel panic")
+#: lines of a report kept in an excerpt
+EXCERPT_LINES = 60
+
+
+def kernel_report(lines: list[str], pids: Collection[int] | None = None) -> str | None:
+    """The first kernel bug report among ``lines`` (kernel log messages, one a
+    line, oldest first) as an excerpt of at most ``EXCERPT_LINES`` lines, or
+    None. With ``pids``, a report that names its task (``CPU: 0 UID: 0 PID:
+    1234 Comm: ...``) counts only if the task is one of them: the kernel log
+    is the whole machine's, and another process's WARN is not our finding.
+    Plain text in, plain text out, so every engine that reads a kernel log
+    (the host's ``/dev/kmsg``, a guest's console) can use it."""
+    i = 0
+    while i < len(lines):
+        if not CRASH_LINE.search(lines[i]):
+            i += 1
+            continue
+        end = next((j + 1 for j in range(i, len(lines)) if _END.search(lines[j])), len(lines))
+        report = lines[i:end]
+        task = next((m for m in map(_TASK.search, report) if m), None)
+        if pids is None or task is None or int(task.group(1)) in pids:
+            return "\n".join(report[:EXCERPT_LINES])
+        i = end
+    return None
+
+
 _RIP = re.compile(r"RIP: [0-9a-f]{4}:([A-Za-z0-9_.$]+)")
 
 
@@ -155,6 +196,8 @@ def signature(log: str, fallback: str = "worker-died") -> str:
     text = first[kind.start() :]
     text = re.sub(r"(address|at)[: ]+[0-9a-fx]+.*", "", text)
     text = re.sub(r"0x[0-9a-f]+|[0-9a-f]{8,}", "", text)
+    # a WARN names its CPU, task and source line: none of them is the bug
+    text = re.sub(r"\b(CPU|UID|PID): \d+|:\d+\b", "", text)
     rip = _RIP.search(log)
     where = rip.group(1).split("+")[0] if rip else "unknown"
     return f"{_slug(where, 32)}-{_slug(text)}"

@@ -9,20 +9,32 @@ images, closes everything and answers with plain data (an ``Answer``). The
 protocol is pickle over the child's stdin/stdout, one job at a time; one child
 serves many cases, so the start-up is paid once.
 
-The parent watches for trouble two ways: the child dying mid-case (EOF on its
-pipe, or no answer within ``timeout``), and new ``BUG:`` / ``Oops`` /
-``general protection fault`` / ``WARNING:`` lines in ``/dev/kmsg`` (read
-non-blockingly from where it stood when the worker started; never written or
-cleared). Either way the answer is ``crashed``: the case is saved as a
-reproducer under ``corpus/crashes/<signature>.case`` (atomically, never over
-an existing file), the kernel's taint flags are recorded, the crash is kept in
-``Worker.crashes``, and the next job gets a fresh child (or ``KernelCrash`` is
-raised when the worker was asked to stop on a crash).
+The parent watches the kernel log (``/dev/kmsg``, read non-blockingly from
+where it stood when the worker started; never written or cleared) after
+every job: a new oops, ``BUG:``, ``WARNING:`` or ``verifier bug:`` report
+(``harness.kernel.crashes.kernel_report``) from the child is a kernel finding,
+whether the child died or answered. The answer is then ``crashed``: the case
+is saved as a reproducer under ``<crash_dir>/<signature>.case`` (the
+campaign's ``--corpus``/crashes; atomically, never over an existing file)
+with the log excerpt, the kernel's taint flags are recorded, the crash is
+kept in ``Worker.crashes``, and the next job gets a fresh child (or
+``KernelCrash`` is raised when the worker was asked to stop on a crash).
+
+A child that dies or hangs with nothing in the kernel log (and no new ``D``
+or ``W`` taint) was killed from outside (``kill -9``, the OOM killer): that is
+a harness event, counted in ``Worker.incidents``, and the job is retried in a
+fresh child. The child never outlives its parent (``PR_SET_PDEATHSIG``, and
+EOF on its stdin ends it between jobs), runs in its own process group (a
+Ctrl-C at the terminal is the parent's to handle) and ignores SIGINT.
+
+A verifier log is kept whole in a file (``save_log``); outcomes carry its
+last lines and the file's path, so a 2-million-line log is never printed.
 """
 
 from __future__ import annotations
 
 import errno as _errno
+import hashlib
 import os
 import pickle
 import select
@@ -31,12 +43,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.errors import JitdiffError
-from harness.kernel.crashes import CRASH_LINE, known_crash, signature
+from harness.kernel.crashes import kernel_report, known_crash, signature
 from harness.outcome import RunOutcome, Status
+from harness.process import die_with_parent, ignore_interrupts
 from harness.system import Case
 
 __all__ = [
@@ -50,14 +64,23 @@ __all__ = [
     "DEFAULT_CRASH_DIR",
     "failed_runs",
     "tainted",
+    "save_log",
+    "LOG_DIR",
+    "LOG_TAIL",
 ]
 
-#: where crash reproducers go (``corpus/crashes`` of this checkout)
-DEFAULT_CRASH_DIR = Path(__file__).resolve().parents[2] / "corpus" / "crashes"
+#: where crash reproducers go unless the engine is told (``crash_dir``; the
+#: command line passes ``--corpus``/crashes): relative to the working
+#: directory, like ``--corpus``'s default
+DEFAULT_CRASH_DIR = Path("corpus") / "crashes"
 KMSG = "/dev/kmsg"
 TAINTED = "/proc/sys/kernel/tainted"
-#: lines of kernel log kept in a crash report
-EXCERPT_LINES = 60
+#: taint bits that mean the kernel hit a bug: D (died, an oops) and W (warned)
+_BUG_TAINTS = 1 << 7 | 1 << 9
+#: full verifier logs are kept here, one file per distinct log
+LOG_DIR = Path(tempfile.gettempdir()) / "jitdiff-logs"
+#: lines of a verifier log an outcome carries (the rejection reason is at the end)
+LOG_TAIL = 12
 
 # /proc/sys/kernel/tainted bits, as `Documentation/admin-guide/tainted-kernels.rst`
 # letters them (the ones a BPF crash can set are D and W).
@@ -142,15 +165,47 @@ class Answer:
     seconds: float = 0.0
 
 
+def save_log(log: str, kind: str = "verifier") -> str:
+    """Keep a whole log in ``LOG_DIR`` and return its path: named by its
+    content (the same log is one file), written atomically."""
+    path = LOG_DIR / f"{kind}-{hashlib.sha1(log.encode()).hexdigest()[:12]}.log"
+    try:
+        if not path.exists():
+            LOG_DIR.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=LOG_DIR, prefix=f".{path.name}.")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(log)
+            os.replace(tmp, path)
+    except OSError as e:
+        return f"(not saved: {e.strerror})"
+    return str(path)
+
+
+def log_tail(log: str, lines: int = LOG_TAIL) -> str:
+    """The end of a verifier log (where the reason is), and where the rest is
+    when there is more."""
+    all_lines = log.rstrip("\n").splitlines()
+    if len(all_lines) <= lines:
+        return "\n".join(all_lines)
+    tail = all_lines[-lines:]
+    return "\n".join(
+        [f"... {len(all_lines) - lines} lines before these (full log: {save_log(log)})", *tail]
+    )
+
+
 def failed_runs(case: Case, answer: Answer) -> list[RunOutcome]:
-    """One outcome per run step for a job that produced no runs."""
+    """One outcome per run step for a job that produced no runs: the first
+    line of ``detail`` says what happened, the lines below it are the end of
+    the verifier log or the kernel log excerpt."""
     status = {
         "rejected": Status.REJECTED,
         "unsupported": Status.UNSUPPORTED,
         "crashed": Status.CRASHED,
     }.get(answer.status, Status.UNSUPPORTED)
     detail = answer.detail
-    if answer.log and answer.status in ("rejected", "crashed"):
+    if answer.log and answer.status == "rejected":
+        detail = f"{detail}\n{log_tail(answer.log)}".strip()
+    elif answer.log and answer.status == "crashed":
         detail = f"{detail}\n{answer.log}".strip()
     n = sum(1 for s in case.script() if s.kind == "run")
     return [RunOutcome(status, tail_calls=None, detail=detail) for _ in range(n)]
@@ -220,7 +275,11 @@ def _serve(job: Job) -> Answer:
 
 
 def main() -> None:
-    """The child: answer jobs from stdin on stdout until EOF."""
+    """The child: answer jobs from stdin on stdout until EOF (the parent closed
+    the pipe, or died)."""
+    ignore_interrupts()
+    if len(sys.argv) > 1:
+        die_with_parent(int(sys.argv[1]))
     out, inp = sys.stdout.buffer, sys.stdin.buffer
     sys.stdout = sys.stderr  # stray prints must not corrupt the protocol
     while True:
@@ -298,25 +357,35 @@ class Worker:
         timeout: float = 120.0,
         crash_dir: str | os.PathLike[str] | None = None,
         stop_on_crash: bool = False,
+        retries: int = 1,
+        kmsg=None,
     ):
         self.timeout = timeout
         self.crash_dir = Path(crash_dir) if crash_dir is not None else DEFAULT_CRASH_DIR
         self.stop_on_crash = stop_on_crash
+        #: times a job is tried again after the child died with nothing logged
+        self.retries = retries
         self.crashes: list[Crash] = []
+        #: harness events (a child killed from outside, hung with nothing
+        #: logged), by what happened: counted, never findings
+        self.incidents: Counter = Counter()
         self.jobs = 0
         self.starts = 0
         self._proc: subprocess.Popen | None = None
-        self._kmsg = _Kmsg()
+        #: the kernel log reader (``read() -> [line]``, ``close()``); tests
+        #: inject synthetic lines here instead of crashing the kernel
+        self._kmsg = kmsg if kmsg is not None else _Kmsg()
         self.tainted_at_start = tainted()
 
     @classmethod
     def from_options(cls, options: dict) -> Worker:
         """A worker from an engine's options (``timeout``, ``crash_dir``,
-        ``stop_on_crash``), the defaults where absent."""
+        ``stop_on_crash``, ``kmsg``), the defaults where absent."""
         return cls(
             timeout=options.get("timeout", 120.0),
             crash_dir=options.get("crash_dir"),
             stop_on_crash=options.get("stop_on_crash", False),
+            kmsg=options.get("kmsg"),
         )
 
     @property
@@ -327,23 +396,39 @@ class Worker:
         if self._proc is not None and self._proc.poll() is None:
             return
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.kernel.worker"],
+            [sys.executable, "-m", "harness.kernel.worker", str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=str(Path(__file__).resolve().parents[2]),
+            # a Ctrl-C at the terminal is the parent's to handle
+            process_group=0,
         )
         self.starts += 1
 
     def submit(self, job: Job) -> Answer:
-        """Run one job in the child; a crash comes back as ``status="crashed"``."""
+        """Run one job in the child; a kernel bug it set off comes back as
+        ``status="crashed"``, a child that died with nothing in the kernel
+        log is started again and the job retried."""
         if not job.allow_known_crashes:
             why = known_crash(job.case) or (job.native and known_crash(job.case, when="run"))
             if why:
                 return Answer("unsupported", why)
+        for _ in range(self.retries + 1):
+            ans, how = self._attempt(job)
+            if ans is not None:
+                return ans
+            self.incidents[f"kernel worker {how} with nothing in the kernel log"] += 1
+        return Answer(
+            "error", f"kernel worker {how} {self.retries + 1} times with nothing in the kernel log"
+        )
+
+    def _attempt(self, job: Job) -> tuple[Answer | None, str]:
+        """(the answer, or None and how the child died or hung)."""
         self.start()
         proc = self._proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         self._kmsg.read()  # anything logged between jobs is not this case's
+        taint = tainted()
         self.jobs += 1
         ans: Answer | None = None
         how = ""
@@ -361,14 +446,16 @@ class Worker:
             how = how or self._death()
             self._reap()
             time.sleep(0.2)  # the oops text may land just after the process dies
-        lines = self._kmsg.read()
-        bad = next((i for i, ln in enumerate(lines) if CRASH_LINE.search(ln)), None)
-        if ans is not None and bad is None:
-            return ans
-        log = "\n".join(lines[bad : bad + EXCERPT_LINES]) if bad is not None else ""
+        log = kernel_report(self._kmsg.read(), pids={proc.pid}) or ""
+        # without a kernel log to read, a new D or W taint is the evidence
+        # (with one, another process's WARN taints the kernel too)
+        blind = getattr(self._kmsg, "fd", 0) is None
+        new_taint = blind and tainted() & ~taint & _BUG_TAINTS
+        if not log and not new_taint:
+            return ans, how
         if ans is not None:
-            how = "logged a kernel bug"
-        return self._crashed(job, how, log)
+            how = "logged a kernel bug report" if log else "tainted the kernel"
+        return self._crashed(job, how, log), how
 
     def _death(self) -> str:
         proc = self._proc

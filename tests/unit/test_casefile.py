@@ -153,6 +153,7 @@ def cases(draw, *, max_programs: int = 3, max_maps: int = 3):
             e = Expect(
                 draw(st.none() | st.integers(0, 2**64 - 1)),
                 draw(st.none() | st.integers(0, 40)),
+                retval32=draw(st.none() | st.integers(0, 2**32 - 1)),
             )
             arrays = [m for m in maps.values() if m.kind == "array"]
             for m in draw(st.lists(st.sampled_from(arrays), max_size=2)) if arrays else []:
