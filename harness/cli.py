@@ -191,6 +191,7 @@ def cmd_run(args) -> int:
                 )
             payload.append(entry)
             done += 1
+            sys.stdout.flush()  # a case's lines as soon as it is judged
     except KeyboardInterrupt:
         if args.json:
             _print_json(payload, status, interrupted=True)
@@ -273,6 +274,7 @@ def cmd_fuzz(args) -> int:
     summary = run_campaign(camp, out=sys.stdout)
     print(summary.render())
     if summary.interrupted:
+        print("jitdiff: interrupted", file=sys.stderr)
         return 130
     return 1 if summary.findings else 0
 

@@ -125,10 +125,10 @@ def rejection(ref: list[RunOutcome], cand: list[RunOutcome]) -> tuple[Verdict, D
         # "prog NAME rejected (ERRNO): REASON" (harness.kernel.bpf.Rejected):
         # the errno and the reason are the kind of rejection (the signature),
         # the program's name and the numbers in the reason are not
-        why = head.partition("rejected ")[2] or head
-        kind = re.sub(r"\d+", "N", why.replace(":", ""))
+        what, _, why = head.partition(" rejected ")
+        kind = re.sub(r"\d+", "N", why.replace(":", "")) if why else head.replace(":", "")
         return Verdict.DIVERGE, Divergence(
-            "rejected", i, a.status.value, b.status.value, None, f"{kind}: {head}"
+            "rejected", i, a.status.value, b.status.value, None, f"{kind}: {what} rejected"
         )
     return None
 

@@ -471,17 +471,58 @@ main:
 
 
 @needs_kernel
-def test_a_rejected_program_is_rejected_and_poisoned(runner):
-    result = runner.check(casefile.parse(REJECTED))
-    for name, (v, _, out) in result.candidates.items():
+def test_a_rejected_program_the_reference_ran_is_a_divergence(runner):
+    # the reference runs bpf_throw from a raw_tp program; the kernel does not
+    # allow that kfunc there: never a silent pass
+    c = casefile.parse(REJECTED)
+    result = runner.check(c)
+    for name, (v, d, out) in result.candidates.items():
         assert out.runs[0].status is Status.REJECTED, name
-        assert "bpf_throw" in out.runs[0].detail
-        assert v is Verdict.POISONED
+        assert "bpf_throw is not allowed" in out.runs[0].detail
+        assert v is Verdict.DIVERGE and d.oracle == "rejected", name
+        assert d.signature() == "rejected:(EACCES) calling kernel function bpf_throw is not allowed"
+    # with an expectation it is a failed expectation, on the engine's own line
+    c.steps = c.script()
+    c.steps[0].expect.retval = 7
+    out = result.candidates["kernel-native"][2]
+    fails = expectation_failures(c, out.runs)
+    assert len(fails) == 1 and "rejected" in fails[0] and "\n" not in fails[0]
+
+
+#: twenty instructions, then a stack read the verifier refuses: a log of
+#: more than forty lines
+LONG_LOG = (
+    "program p sched_cls\nmain:\n"
+    + "    r0 = 0\n" * 20
+    + "    r0 = *(u64 *)(r10 - 600)\n    exit\n"
+)
 
 
 @needs_kernel
-def test_a_killed_worker_is_a_crash_and_the_next_case_runs(tmp_path):
-    eng = engines.get("kernel-native", crash_dir=tmp_path, hold=2.0)
+def test_a_long_verifier_log_is_trimmed_and_kept_whole_in_a_file():
+    from harness.kernel.worker import LOG_TAIL
+
+    eng = engines.get("kernel-native")
+    try:
+        run = eng.run(casefile.parse(LONG_LOG), budget=0).runs[0]
+    finally:
+        eng.close()
+    assert run.status is Status.REJECTED
+    lines = run.detail.splitlines()
+    # the reason line, the "... N lines before these (full log: PATH)" line, the tail
+    assert len(lines) == 2 + LOG_TAIL
+    assert "invalid" in lines[0] and "-600" in run.detail
+    path = lines[1].rsplit("full log: ", 1)[1].rstrip(")")
+    full = open(path).read().splitlines()
+    assert len(full) > 40 and full[-LOG_TAIL:] == lines[2:]
+    assert int(lines[1].split()[1]) == len(full) - LOG_TAIL
+
+
+@needs_kernel
+def test_a_worker_killed_from_outside_is_not_a_finding(tmp_path):
+    # SIGKILL (the OOM killer, a user) with nothing in the kernel log: a
+    # harness event, counted; the job runs again in a fresh child
+    eng = engines.get("kernel-native", crash_dir=tmp_path, hold=2.0, kmsg=FakeKmsg())
     try:
         eng.worker.start()
         pid = eng.worker.pid
@@ -490,18 +531,26 @@ def test_a_killed_worker_is_a_crash_and_the_next_case_runs(tmp_path):
         c = case("self_loop")
         out = eng.run(c, budget=0)
         timer.join()
-        assert [r.status for r in out.runs] == [Status.CRASHED] * 2
-        assert "SIGKILL" in out.runs[0].detail
-        saved = list(tmp_path.glob("*.case"))
-        assert len(saved) == 1 and "SIGKILL" in saved[0].read_text()
-        assert casefile.load(saved[0]).programs.keys() == c.programs.keys()
-        assert eng.worker.crashes and eng.worker.crashes[0].reproducer == str(saved[0])
-        eng.options["hold"] = 0.0
-        again = eng.run(c, budget=0)
-        assert [r.status for r in again.runs] == [Status.OK] * 2
-        assert eng.worker.pid != pid
-        v, _ = compare_case(engines.get("interp").run(c, budget=10**5).runs, again.runs)
+        assert [r.status for r in out.runs] == [Status.OK] * 2
+        assert eng.worker.pid != pid and eng.worker.starts == 2
+        assert sum(eng.worker.incidents.values()) == 1
+        assert "SIGKILL" in next(iter(eng.worker.incidents))
+        assert not eng.worker.crashes and not list(tmp_path.iterdir())
+        v, _ = compare_case(engines.get("interp").run(c, budget=10**5).runs, out.runs)
         assert v is Verdict.AGREE
+    finally:
+        eng.close()
+
+
+@needs_kernel
+def test_a_worker_that_keeps_dying_is_poisoned_not_a_finding(tmp_path):
+    eng = engines.get("kernel-native", crash_dir=tmp_path, hold=30.0, kmsg=FakeKmsg())
+    eng.worker.timeout = 1.0  # every attempt "hangs": killed after a second
+    try:
+        out = eng.run(case("self_loop"), budget=0)
+        assert [r.status for r in out.runs] == [Status.UNSUPPORTED] * 2
+        assert "2 times with nothing in the kernel log" in out.runs[0].detail
+        assert not eng.worker.crashes and not list(tmp_path.iterdir())
     finally:
         eng.close()
 
@@ -622,3 +671,71 @@ def test_a_bug_line_in_kmsg_is_a_crash_saved_once(tmp_path):
         assert [r.status for r in ok.runs] == [Status.OK] * 2
     finally:
         eng.close()
+
+
+def warn_splat(pid: int) -> list[str]:
+    """A WARN as this kernel logged it for a random system (the message line
+    comes first; there is no oops)."""
+    return [
+        "------------[ cut here ]------------",
+        "verifier bug: REG INVARIANTS VIOLATION (false_reg1): range bounds violation "
+        "u64=[0x0, 0xffffffff] s64=[0x80000000, 0x7fffffff] u32=[0x1, 0x0] s32=[0x1, 0x0] "
+        "var_off=(0x0, 0xffffffff)",
+        f"WARNING: CPU: 0 PID: {pid} at kernel/bpf/verifier.c:2731 "
+        "reg_bounds_sanity_check+0x1e0/0x280",
+        "Modules linked in:",
+        f"CPU: 0 UID: 0 PID: {pid} Comm: python3 Not tainted 6.18.44 #1",
+        "RIP: 0010:reg_bounds_sanity_check+0x1e0/0x280",
+        "---[ end trace 0000000000000000 ]---",
+    ]
+
+
+class WarnOnJob(FakeKmsg):
+    """The kernel log of a kernel that WARNs while the worker runs a job:
+    the WARN names the worker's pid (read at the job's end)."""
+
+    def __init__(self, worker_pid):
+        super().__init__()
+        self.pid, self.reads = worker_pid, 0
+
+    def read(self):
+        self.reads += 1
+        return warn_splat(self.pid()) if self.reads % 2 == 0 else []
+
+
+@needs_kernel
+def test_a_warn_in_kmsg_is_a_finding_saved_with_its_excerpt(tmp_path):
+    eng = engines.get("kernel-native", crash_dir=tmp_path)
+    try:
+        eng.worker._kmsg = WarnOnJob(lambda: eng.worker.pid)
+        out = eng.run(case("self_loop"), budget=0)
+        assert [r.status for r in out.runs] == [Status.CRASHED] * 2
+        assert "REG INVARIANTS VIOLATION" in out.runs[0].detail
+        (saved,) = tmp_path.iterdir()
+        # the RIP's function, then the first 48 characters of the message, slugged
+        want = "reg-bounds-sanity-check-verifier-bug-reg-invariants-violation-false-reg1"
+        assert saved.name == want + ".case"
+        text = saved.read_text()
+        assert "WARNING: CPU: 0 PID:" in text and "program entry" in text
+        assert (saved.stat().st_mode & 0o777) == 0o666 & ~_umask()
+    finally:
+        eng.close()
+
+
+@needs_kernel
+def test_another_process_warn_is_not_ours(tmp_path):
+    # the kernel log is the whole machine's: a WARN naming another task
+    eng = engines.get("kernel-native", crash_dir=tmp_path)
+    try:
+        eng.worker._kmsg = WarnOnJob(lambda: 1)
+        out = eng.run(case("self_loop"), budget=0)
+        assert [r.status for r in out.runs] == [Status.OK] * 2
+        assert not list(tmp_path.iterdir()) and not eng.worker.crashes
+    finally:
+        eng.close()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
