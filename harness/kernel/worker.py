@@ -65,6 +65,7 @@ __all__ = [
     "failed_runs",
     "tainted",
     "save_log",
+    "log_tail",
     "LOG_DIR",
     "LOG_TAIL",
 ]

@@ -212,6 +212,9 @@ program p sched_cls
         ("run p\n    expect retval 0x1g\n", 7, "not a number"),
         ("run p\n    expect flags 1\n", 7, "expected 'expect"),
         ("run p\n    expect retval 1\n    expect retval 2\n", 8, "twice"),
+        # a test run's u32: 2^32 and up cannot be its value
+        ("run p\n    expect retval32 0x100000000\n", 7, "out of range 0..4294967295"),
+        ("run p\n    expect retval32 1\n    expect retval32 1\n", 8, "twice"),
         ("run p\n\n    expect map arr 0 = 00\n", 8, "value_size 4"),
         ("run p\n    expect map jt 0 = 00 00 00 00\n", 7, "unknown array map"),
         ("delete jt 0\n    expect retval 1\n", 7, "only run"),
@@ -318,4 +321,11 @@ def test_docs_example_parses():
     text = open(doc, encoding="utf-8").read()
     block = text.split("```text\n", 1)[1].split("```", 1)[0]
     c = casefile.parse(textwrap.dedent(block), file="case-format.md")
+    assert casefile.parse(casefile.render(c)) == c
+
+
+def test_retval32_parses_and_renders():
+    c = casefile.parse(BASE + "run p\n    expect retval32 0xfffffffe\n    expect tail_calls 0\n")
+    assert c.steps[0].expect == Expect(tail_calls=0, retval32=0xFFFF_FFFE)
+    assert "    expect retval32 0xfffffffe\n" in casefile.render(c)
     assert casefile.parse(casefile.render(c)) == c

@@ -130,3 +130,70 @@ def test_counts_and_durations_must_be_above_zero(capsys):
             raise AssertionError(f"{argv} was accepted")
         err = capsys.readouterr().err
         assert "must be above zero" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+WIDE = (
+    "program p sched_cls\nmain:\n    r0 = 0x100000002 ll\n    exit\n\nrun p\n"
+    "    expect retval32 {}\n"
+)
+
+
+def test_retval32_is_the_low_half_of_r0_on_every_engine(tmp_path, capsys):
+    good, bad = tmp_path / "good.case", tmp_path / "bad.case"
+    good.write_text(WIDE.format(2))
+    bad.write_text(WIDE.format(3))
+    code, out, _ = run(capsys, "run", str(good), "--engine", "x86_64")
+    assert code == 0 and "FAIL" not in out and "retval=4294967298" in out
+    code, out, _ = run(capsys, "run", str(bad), "--engine", "x86_64")
+    assert code == 1
+    fails = [ln for ln in out.splitlines() if " FAIL " in ln]
+    assert fails == [
+        f"{bad} [interp] FAIL run 0 (p): retval32 0x2, expected 0x3",
+        f"{bad} [x86_64] FAIL run 0 (p): retval32 0x2, expected 0x3",
+    ]
+
+
+def run_json(capsys, *argv: str) -> tuple[int, dict]:
+    import json
+
+    code, out, err = run(capsys, "run", "--json", *argv)
+    assert "Traceback" not in err
+    return code, json.loads(out)  # stdout is the JSON document and nothing else
+
+
+def test_run_json_carries_a_failed_expectation_and_exits_1(tmp_path, capsys):
+    case = tmp_path / "wrong.case"
+    case.write_text(
+        "program p sched_cls\nmain:\n    r0 = 1\n    exit\n\nrun p\n    expect retval 2\n"
+    )
+    code, doc = run_json(capsys, str(case), "--engine", "x86_64")
+    assert code == 1 and doc["status"] == 1 and doc["version"] == 1
+    (entry,) = doc["cases"]
+    assert entry["case"] == str(case)
+    assert entry["verdicts"] == {"x86_64": "agree"}
+    assert entry["divergences"] == []
+    by_engine = {o["engine"]: o for o in entry["outcomes"]}
+    assert set(by_engine) == {"interp", "x86_64"}
+    for o in by_engine.values():
+        assert o["failures"] == ["run 0 (p): retval 0x1, expected 0x2"]
+        assert o["runs"][0]["status"] == "ok" and o["runs"][0]["retval"] == 1
+
+
+def test_run_json_carries_every_divergence_and_exits_1(capsys):
+    # tcc-limit-32 stops one tail call early: 32 taken where Linux takes 33
+    code, doc = run_json(capsys, SELF_LOOP, "--engine", "x86_64", "--engine", "x86_64+tcc-limit-32")
+    assert code == 1 and doc["status"] == 1
+    (entry,) = doc["cases"]
+    assert entry["verdicts"] == {"x86_64": "agree", "x86_64+tcc-limit-32": "diverge"}
+    (d,) = entry["divergences"]
+    assert d["engine"] == "x86_64+tcc-limit-32" and d["oracle"] == "tail_calls"
+    assert d["run"] == 0
+    assert (d["first_difference"]["expected"], d["first_difference"]["actual"]) == (33, 32)
+    assert d["signature"] == "tail_calls:tail calls taken"
+    assert d["lockstep"]["where"]  # the first differing BPF instruction
+    fails = {o["engine"]: o["failures"] for o in entry["outcomes"]}
+    assert fails["interp"] == [] and fails["x86_64"] == []
+    assert "run 0 (entry): 32 tail calls, expected 33" in fails["x86_64+tcc-limit-32"]
+    # a clean case: 0, in JSON as in text
+    code, doc = run_json(capsys, SELF_LOOP, "--engine", "x86_64")
+    assert code == 0 and doc["status"] == 0 and doc["cases"][0]["divergences"] == []

@@ -1,0 +1,86 @@
+"""Reading a kernel log for bug reports (``harness.kernel.crashes``): fed
+synthetic lines shaped like this kernel's reports, never a real crash."""
+
+from __future__ import annotations
+
+from harness.kernel.crashes import kernel_report, signature
+from harness.kernel.worker import log_tail, save_log
+
+NOISE = ["eth0: link up", "audit: type=1400 apparmor=ALLOWED", "bpf: JIT enabled"]
+
+
+def warn(pid: int) -> list[str]:
+    return [
+        "------------[ cut here ]------------",
+        "verifier bug: REG INVARIANTS VIOLATION (true_reg1): range bounds violation "
+        "u64=[0x5, 0x4] s64=[0x5, 0x4] u32=[0x5, 0x4] s32=[0x5, 0x4] var_off=(0x0, 0x7)",
+        f"WARNING: CPU: 1 PID: {pid} at kernel/bpf/verifier.c:2731 "
+        "reg_bounds_sanity_check+0x1e0/0x280",
+        "Modules linked in:",
+        f"CPU: 1 UID: 0 PID: {pid} Comm: python3 Tainted: G        W          6.18.44 #1",
+        "RIP: 0010:reg_bounds_sanity_check+0x1e0/0x280",
+        "Call Trace:",
+        " <TASK>",
+        " do_check_common+0x1a2/0x2d0",
+        " </TASK>",
+        "---[ end trace 0000000000000000 ]---",
+    ]
+
+
+OOPS = [
+    "BUG: kernel NULL pointer dereference, address: 0000000000000048",
+    "#PF: supervisor read access in kernel mode",
+    "Oops: Oops: 0000 [#1] SMP NOPTI",
+    "CPU: 0 UID: 0 PID: 777 Comm: python3 Not tainted 6.18.44 #1",
+    "RIP: 0010:jit_subprogs+0xa2f/0xd90",
+]
+
+
+def test_a_quiet_log_has_no_report():
+    assert kernel_report(NOISE) is None
+    assert kernel_report([]) is None
+
+
+def test_a_warn_with_no_oops_is_a_report_from_its_message_line():
+    report = kernel_report(NOISE + warn(4242) + NOISE, pids={4242})
+    assert report is not None
+    lines = report.splitlines()
+    assert lines[0].startswith("verifier bug: REG INVARIANTS VIOLATION")
+    assert lines[-1].startswith("---[ end trace")  # the report, not the noise after it
+    assert signature(report) == (
+        "reg-bounds-sanity-check-verifier-bug-reg-invariants-violation-true-reg1"
+    )
+
+
+def test_another_task_report_is_skipped_for_ours():
+    assert kernel_report(warn(1) + NOISE, pids={4242}) is None
+    # another task's WARN, then ours: ours is found
+    report = kernel_report(warn(1) + OOPS[:3] + OOPS[4:], pids={4242})
+    assert report is not None and report.startswith("BUG: kernel NULL pointer")
+    # a report that names no task is ours (an oops may die before saying)
+    assert kernel_report(OOPS[:3], pids={4242}) == "\n".join(OOPS[:3])
+    # no pids: every report counts
+    assert kernel_report(warn(1)) is not None
+
+
+def test_a_signature_does_not_depend_on_cpu_pid_or_addresses():
+    a = kernel_report(warn(11))
+    b = kernel_report([ln.replace("CPU: 1", "CPU: 0") for ln in warn(99)])
+    assert signature(a) == signature(b)
+    assert signature("\n".join(OOPS)) == "jit-subprogs-bug-kernel-null-pointer-dereference"
+
+
+def test_a_plain_warning_line_names_the_warn_site_not_the_task():
+    lines = warn(5)[2:]  # no message line: the WARNING line is the first
+    assert signature(kernel_report(lines)) == signature(kernel_report(warn(6)[2:]))
+
+
+def test_a_long_log_keeps_its_tail_and_the_whole_in_a_file():
+    log = "\n".join(f"{i}: insn" for i in range(1000)) + "\nprocessed 1000 insns\n"
+    tail = log_tail(log, lines=5)
+    lines = tail.splitlines()
+    assert lines[1:] == ["996: insn", "997: insn", "998: insn", "999: insn", "processed 1000 insns"]
+    assert lines[0].startswith("... 996 lines before these (full log: ")
+    path = lines[0].rsplit("full log: ", 1)[1].rstrip(")")
+    assert open(path).read() == log and save_log(log) == path
+    assert log_tail("a\nb\n", lines=5) == "a\nb"  # short: whole, no file
