@@ -1,7 +1,8 @@
 """``jitdiff``: the command line. Glue only; the work is in the libraries.
 
 Exit codes: 0 success, 1 a divergence or failed expectation, 2 bad input or
-an unusable engine (one line on stderr, never a traceback).
+an unusable engine (one line on stderr, never a traceback), 130 interrupted
+(the summary so far printed first). Streams and files: docs/cli.md.
 """
 
 from __future__ import annotations
@@ -375,7 +376,15 @@ def cmd_mutants(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="jitdiff", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="jitdiff",
+        description=__doc__.splitlines()[0],
+        epilog="Exit status: 0 clean, 1 a divergence or failed expectation, 2 bad input or an "
+        "unusable engine, 130 interrupted (after the summary so far). stdout carries the "
+        "results, including every saved file's path; stderr carries errors, notes and the "
+        "progress line. Each verb's streams, the files written and run --json's schema: "
+        "docs/cli.md.",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(sp):
@@ -397,7 +406,12 @@ def main(argv: list[str] | None = None) -> int:
 
     sp = sub.add_parser("run", help="run case files through the engines")
     sp.add_argument("cases", nargs="+")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document on stdout: every verdict, divergence and failed expectation; "
+        "same exit status as text (schema: docs/cli.md)",
+    )
     common(sp)
     sp.set_defaults(fn=cmd_run)
 
@@ -418,7 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     common(sp)
     sp.set_defaults(fn=cmd_show)
 
-    sp = sub.add_parser("fuzz", help="a fuzzing campaign against the reference")
+    sp = sub.add_parser(
+        "fuzz",
+        help="a fuzzing campaign against the reference",
+        epilog="stdout: each finding as a case file, then 'saved PATH', and the summary listing "
+        "every saved file; stderr: the progress line and notes. Kernel crash reproducers go "
+        "under CORPUS/crashes. Ctrl-C: the summary so far, exit 130 (docs/cli.md).",
+    )
     sp.add_argument("--time", type=_positive(float), help="seconds (default 60 unless --examples)")
     sp.add_argument("--examples", type=_positive(int), help="number of systems")
     sp.add_argument("--workers", type=_positive(int), help="worker processes (default: all cores)")
