@@ -396,6 +396,8 @@ def run_campaign(camp: Campaign, *, stream=None, out=None) -> Summary:
     if summary.interrupted:
         _wind_down(procs, inbox, handle, done)
     for p in procs:
+        if p.pid is None:  # Ctrl-C came before it started
+            continue
         p.join(timeout=5)
         if p.is_alive():
             p.kill()

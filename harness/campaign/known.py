@@ -3,7 +3,10 @@
 A campaign counts these apart from new divergences (it neither saves nor
 fails on them) so that its time goes to new bugs; ``--report-known`` turns
 that off. Each key is a divergence signature (``Divergence.signature()``),
-each value where the evidence is.
+each value where the evidence is. A verifier rejection of what the reference
+ran has the signature ``rejected:(ERRNO) REASON`` (numbers in the reason as
+``N``; ``harness.campaign.runner.rejection``): list one here only with the
+evidence that the kernel is right to refuse it and the reference is wrong.
 """
 
 from __future__ import annotations

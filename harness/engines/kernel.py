@@ -414,7 +414,7 @@ def _has_tail_calls(case: Case) -> bool:
 
 class KernelEngine(Engine):
     """Options: as ``kernel-native`` (``cpu``, ``allow_known_crashes``,
-    ``crash_dir``, ``stop_on_crash``, ``timeout``), plus ``mutate``: a
+    ``crash_dir``, ``stop_on_crash``, ``timeout``, ``kmsg``), plus ``mutate``: a
     callable given the built ``NativeSystem`` before each replay."""
 
     name = "kernel"

@@ -11,10 +11,12 @@ maps' contents. What a test run cannot show is declared, not faked:
 * tail calls taken: not observable (``tail_calls=None``); count them in a map;
 * the event trace: none (``"events"``).
 
-A verifier rejection is ``REJECTED`` (the log in ``detail``), a shape known to
-oops the kernel is ``UNSUPPORTED``, a dead worker or a kernel bug in
-``/dev/kmsg`` is ``CRASHED``. A case that calls a helper whose real result is
-not reproducible (``harness.reference.helpers.NONDETERMINISTIC``) runs, but its runs are
+A verifier rejection is ``REJECTED`` (the end of the log in ``detail``, the
+whole log in a file), a shape known to oops the kernel is ``UNSUPPORTED``, a
+kernel bug report (oops, BUG, WARN) from the worker in ``/dev/kmsg`` is
+``CRASHED``; a worker killed from outside is retried (``harness.kernel.worker``).
+A case that calls a helper whose real result is not reproducible
+(``harness.reference.helpers.NONDETERMINISTIC``) runs, but its runs are
 ``nondeterministic`` (poisoned, not compared).
 """
 
@@ -51,7 +53,8 @@ def _declare(out: RunOutcome, unobserved: frozenset[str]) -> RunOutcome:
 
 class KernelNativeEngine(Engine):
     """Options: ``cpu`` (default 0), ``allow_known_crashes``, ``crash_dir``,
-    ``stop_on_crash``, ``timeout`` (seconds per case)."""
+    ``stop_on_crash``, ``timeout`` (seconds per case), ``kmsg`` (a kernel log
+    reader in place of ``/dev/kmsg``: tests feed it synthetic lines)."""
 
     name = "kernel-native"
 

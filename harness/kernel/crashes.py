@@ -5,11 +5,13 @@ kernel. ``known_crash(case)`` says why a case has such a shape (or None); the
 loader refuses those cases unless ``allow_known_crashes`` is set, and the
 kernel engines report them as UNSUPPORTED instead of crashing the machine
 again. When a new crash is found (``harness.kernel.worker`` saves its
-reproducer under ``corpus/crashes/``), add its shape here.
+reproducer under the campaign's ``corpus/crashes/``), add its shape here.
 
-It also holds the text side of crash detection: which kernel log lines mean
-the kernel hit a bug (``CRASH_LINE``) and a stable signature for a crash
-report, so that one bug found twice is saved once.
+It also holds the text side of crash detection, plain text in and out so
+that any engine reading a kernel log can share it: which lines start a bug
+report (``CRASH_LINE``: oops, BUG, WARN), the first report of a given task
+among new log lines (``kernel_report``), and a stable signature for a report,
+so that one bug found twice is saved once.
 """
 
 from __future__ import annotations

@@ -321,7 +321,10 @@ class _Kmsg:
             self.fd = os.open(KMSG, os.O_RDONLY | os.O_NONBLOCK)
             os.lseek(self.fd, 0, os.SEEK_END)
         except OSError as e:
-            self.fd, self.why = None, f"{KMSG} unreadable ({e.strerror}): only worker deaths count"
+            self.fd, self.why = (
+                None,
+                (f"{KMSG} unreadable ({e.strerror}): only a new D or W taint shows a kernel bug"),
+            )
 
     def read(self) -> list[str]:
         lines: list[str] = []
