@@ -71,62 +71,6 @@ def _profile(args):
         ) from None
 
 
-def _outcome_json(out, fails: list[str]) -> dict:
-    return {
-        "engine": out.engine,
-        "runs": [
-            {
-                "status": r.status.value,
-                "retval": r.retval,
-                "tail_calls": r.tail_calls,
-                "maps": {k: v.hex() for k, v in r.maps.items()},
-                "where": str(r.where) if r.where else None,
-                "detail": r.detail,
-                "events": [[e.kind, str(e.where), repr(e.data)] for e in r.events],
-            }
-            for r in out.runs
-        ],
-        "failures": fails,
-    }
-
-
-def _value_json(v):
-    """An oracle's value as JSON: numbers, strings, lists; anything else as
-    its repr (what the text report prints)."""
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    if isinstance(v, (tuple, list)):
-        return [_value_json(x) for x in v]
-    if isinstance(v, bytes):
-        return v.hex()
-    return repr(v)
-
-
-def _divergence_json(engine: str, d, step) -> dict:
-    out = {
-        "engine": engine,
-        "oracle": d.oracle,
-        "run": d.run,
-        "signature": d.signature(),
-        "first_difference": {
-            "detail": d.detail or d.oracle,
-            "where": str(d.where) if d.where else None,
-            "event": d.event,
-            "expected": _value_json(d.expected),
-            "actual": _value_json(d.actual),
-        },
-        "lockstep": None,
-    }
-    if step is not None:
-        a, b = step
-        out["lockstep"] = {
-            "where": str((a or b).where),
-            "expected": _value_json(a.data) if a else None,
-            "actual": _value_json(b.data) if b else None,
-        }
-    return out
-
-
 def _print_runs(path, out, fails: list[str]) -> None:
     shown = ""
     for i, r in enumerate(out.runs):
@@ -147,6 +91,7 @@ def _print_runs(path, out, fails: list[str]) -> None:
 def cmd_run(args) -> int:
     from harness import report
     from harness.campaign.runner import Runner, expectation_failures
+    from harness.report import document
 
     names = _engines(args) if args.engine else ["interp"]
     runner = Runner(names, _profile(args), **_options(args))
@@ -170,7 +115,7 @@ def cmd_run(args) -> int:
                 fails = expectation_failures(case, out.runs)
                 status |= bool(fails)
                 if args.json:
-                    entry["outcomes"].append(_outcome_json(out, fails))
+                    entry["outcomes"].append(document.outcome(out, fails))
                 else:
                     _print_runs(path, out, fails)
             for name, d in res.divergences:
@@ -178,7 +123,7 @@ def cmd_run(args) -> int:
                 eng = next(e for e in runner.engines if e.name == name)
                 step = runner.pinpoint(case, name, d.run) if d.oracle != "rejected" else None
                 if args.json:
-                    entry["divergences"].append(_divergence_json(name, d, step))
+                    entry["divergences"].append(document.divergence(name, d, step))
                     continue
                 print(
                     report.render_divergence(
@@ -205,12 +150,9 @@ def cmd_run(args) -> int:
 
 
 def _print_json(cases: list[dict], status: int, *, interrupted: bool = False) -> None:
-    # schema: docs/cli.md
-    print(
-        json.dumps(
-            {"version": 1, "status": 130 if interrupted else status, "cases": cases}, indent=1
-        )
-    )
+    from harness.report import document
+
+    print(json.dumps(document.document(cases, 130 if interrupted else status), indent=1))
 
 
 def cmd_conformance(args) -> int:

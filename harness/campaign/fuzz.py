@@ -364,12 +364,22 @@ def run_campaign(camp: Campaign, *, stream=None, out=None) -> Summary:
                 if camp.stop_on_first:
                     stop.set()
 
+    def interrupt(signum, frame) -> None:
+        # Ctrl-C only sets a flag: a KeyboardInterrupt raised mid-save
+        # would leave a printed finding unsaved
+        summary.interrupted = True
+        stop.set()
+
+    try:
+        old_handler = signal.signal(signal.SIGINT, interrupt)
+    except ValueError:  # not the main thread: Ctrl-C is not ours to handle
+        old_handler = None
     done = 0
     last_draw = 0.0
     try:
         for p in procs:
             p.start()
-        while done < len(procs):
+        while done < len(procs) and not summary.interrupted:
             try:
                 msg = inbox.get(timeout=0.5)
             except queue.Empty:
@@ -390,11 +400,12 @@ def run_campaign(camp: Campaign, *, stream=None, out=None) -> Summary:
                     f"{len(summary.coverage)} shapes  {el:.0f}s "
                 )
                 stream.flush()
-    except KeyboardInterrupt:
-        summary.interrupted = True
-    stop.set()
-    if summary.interrupted:
-        _wind_down(procs, inbox, handle, done)
+        stop.set()
+        if summary.interrupted:
+            _wind_down(procs, inbox, handle, done)
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
     for p in procs:
         if p.pid is None:  # Ctrl-C came before it started
             continue
@@ -415,29 +426,24 @@ WIND_DOWN = 2.0
 def _wind_down(procs, inbox, handle, done: int) -> None:
     """After Ctrl-C: take what the workers still send for ``WIND_DOWN``
     seconds (their last counts, a finding already shrunk), then kill the
-    rest (each kernel worker dies with its fuzz worker). A second Ctrl-C
-    meanwhile is ignored: the summary is on its way."""
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        deadline = time.monotonic() + WIND_DOWN
-        while done < len([p for p in procs if p.pid is not None]):
-            left = deadline - time.monotonic()
-            if left <= 0:
+    rest (each kernel worker dies with its fuzz worker)."""
+    deadline = time.monotonic() + WIND_DOWN
+    while done < len([p for p in procs if p.pid is not None]):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            msg = inbox.get(timeout=min(left, 0.2))
+        except queue.Empty:
+            if not any(p.is_alive() for p in procs):
                 break
-            try:
-                msg = inbox.get(timeout=min(left, 0.2))
-            except queue.Empty:
-                if not any(p.is_alive() for p in procs):
-                    break
-                continue
-            if msg[0] == "done":
-                done += 1
-            handle(msg)
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-    finally:
-        signal.signal(signal.SIGINT, old)
+            continue
+        if msg[0] == "done":
+            done += 1
+        handle(msg)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
 
 
 def default_workers() -> int:

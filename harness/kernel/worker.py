@@ -376,6 +376,8 @@ class Worker:
         self.jobs = 0
         self.starts = 0
         self._proc: subprocess.Popen | None = None
+        #: a job was sent and its answer not read (the parent was interrupted)
+        self._busy = False
         #: the kernel log reader (``read() -> [line]``, ``close()``); tests
         #: inject synthetic lines here instead of crashing the kernel
         self._kmsg = kmsg if kmsg is not None else _Kmsg()
@@ -436,6 +438,7 @@ class Worker:
         self.jobs += 1
         ans: Answer | None = None
         how = ""
+        self._busy = True
         try:
             pickle.dump(job, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             proc.stdin.flush()
@@ -446,6 +449,7 @@ class Worker:
                 ans = pickle.load(proc.stdout)
         except (EOFError, BrokenPipeError, pickle.UnpicklingError, OSError):
             ans = None
+        self._busy = False
         if ans is None:
             how = how or self._death()
             self._reap()
@@ -543,7 +547,9 @@ class Worker:
 
     def close(self) -> None:
         proc = self._proc
-        if proc is not None:
+        # between jobs EOF ends the child; mid-job (the parent was interrupted)
+        # nobody will read its answer: it is killed
+        if proc is not None and not self._busy:
             try:
                 proc.stdin.close()  # EOF: the child returns from main()
                 proc.wait(timeout=5.0)

@@ -212,3 +212,39 @@ def test_ctrl_c_prints_the_counts_so_far_and_exits_130(verb, tmp_path):
     assert err.strip().splitlines()[-1] == "jitdiff: interrupted"
     assert "interrupted after" in out.splitlines()[-1]
     assert f"of {len(files)}" in out.splitlines()[-1]
+
+
+class Terminal:
+    """A stream that says it is a terminal, recording what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_a_report_never_starts_on_the_progress_line():
+    from harness.campaign.fuzz import Campaign, run_campaign
+
+    term = Terminal()
+    camp = Campaign(
+        engines=("x86_64+tcc-limit-32",),
+        seed=0,
+        examples=12,
+        workers=1,
+        shrink=False,
+        progress=True,
+    )
+    summary = run_campaign(camp, stream=term)
+    assert summary.findings
+    # on a terminal, each report follows a cleared line (carriage return, erase line)
+    parts = term.text.split("# DIVERGENCE")
+    assert len(parts) == len(summary.findings) + 1
+    assert all(p.endswith("\r\x1b[K") for p in parts[:-1])
