@@ -739,3 +739,29 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+class BlindKmsg(FakeKmsg):
+    """No kernel log to read (/dev/kmsg unreadable)."""
+
+    fd = None
+
+
+@needs_kernel
+def test_without_a_kernel_log_a_new_warn_taint_is_the_evidence(tmp_path, monkeypatch):
+    import harness.kernel.worker as worker
+
+    eng = engines.get("kernel-native", crash_dir=tmp_path, kmsg=BlindKmsg())
+    try:
+        # the W bit (9) appears while the job runs
+        values = iter([0, 1 << 9, 1 << 9])
+        monkeypatch.setattr(worker, "tainted", lambda: next(values, 1 << 9))
+        out = eng.run(case("self_loop"), budget=0)
+        assert [r.status for r in out.runs] == [Status.CRASHED] * 2
+        assert "tainted the kernel" in out.runs[0].detail
+        # a taint already there before the job is not this case's
+        monkeypatch.setattr(worker, "tainted", lambda: 1 << 9)
+        again = eng.run(case("self_loop"), budget=0)
+        assert [r.status for r in again.runs] == [Status.OK] * 2
+    finally:
+        eng.close()
