@@ -139,8 +139,9 @@ def cmd_run(args) -> int:
             done += 1
             sys.stdout.flush()  # a case's lines as soon as it is judged
     except KeyboardInterrupt:
-        if args.json:
+        if args.json:  # stdout stays one JSON document: its status says 130
             _print_json(payload, status, interrupted=True)
+            raise Interrupted() from None
         raise Interrupted(f"interrupted after {done} of {len(args.cases)} case files") from None
     finally:
         runner.close()

@@ -5,6 +5,7 @@ and a finding is printed even when it cannot be saved."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -62,6 +63,11 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_for(pred, limit: float = 60.0) -> None:
@@ -177,7 +183,7 @@ def test_ctrl_c_prints_the_summary_with_the_saved_files_and_exits_130(tmp_path):
 #: a bounded loop the reference takes a while over: Ctrl-C lands mid-list
 SLOW = (
     "program p sched_cls\nmain:\n    r0 = 0\n    r1 = 0\nloop:\n    r1 += 1\n"
-    "    if r1 < 40000 goto loop\n    exit\n\nrun p\n    expect retval 0\n"
+    "    if r1 < 90000 goto loop\n    exit\n\nrun p\n    expect retval 0\n"
 )
 
 
@@ -186,6 +192,7 @@ SLOW = (
     [
         ["replay", "--engine", "x86_64"],
         ["run", "--engine", "x86_64"],
+        ["run", "--json", "--engine", "x86_64"],
         pytest.param(
             ["replay", "--engine", "kernel-native"],
             marks=pytest.mark.skipif(
@@ -201,8 +208,11 @@ def test_ctrl_c_prints_the_counts_so_far_and_exits_130(verb, tmp_path):
         files[-1].write_text(SLOW)
     p = jitdiff(*verb, *map(str, files))
     try:
-        first = p.stdout.readline()  # one case done: the engines are up
-        assert str(files[0]) in first, first
+        if "--json" in verb:  # nothing on stdout before the end: wait for work done
+            wait_for(lambda: cpu_seconds(p.pid) > 1.0)
+        else:
+            first = p.stdout.readline()  # one case done: the engines are up
+            assert str(files[0]) in first, first
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=60)
     finally:
@@ -210,6 +220,10 @@ def test_ctrl_c_prints_the_counts_so_far_and_exits_130(verb, tmp_path):
     assert p.returncode == 130
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert err.strip().splitlines()[-1] == "jitdiff: interrupted"
+    if "--json" in verb:  # stdout is still one JSON document, with the cases done
+        doc = json.loads(out)
+        assert doc["status"] == 130 and 1 <= len(doc["cases"]) < len(files)
+        return
     assert "interrupted after" in out.splitlines()[-1]
     assert f"of {len(files)}" in out.splitlines()[-1]
 
