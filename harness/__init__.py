@@ -3,6 +3,7 @@
 - ``formats``: the ISA as a table and the text formats (assembly, case files,
   bpf_conformance ``.data``);
 - ``system``, ``outcome``, ``errors``: the data model every part shares;
+- ``process``: child processes that die with their parent and leave Ctrl-C to it;
 - ``reference``: the reference interpreter, its semantic profile, helper models;
 - ``jit`` (model JITs), ``kernel`` (the host kernel's bpf() layer) and
   ``native`` (images and the Unicorn executor): native execution;
@@ -14,5 +15,5 @@ Entry point: ``cli``. Nothing here knows pytest."""
 
 __all__ = [
     "campaign", "cli", "engines", "errors", "formats", "jit", "kernel", "native", "outcome",
-    "reference", "report", "system",
+    "process", "reference", "report", "system",
 ]  # fmt: skip

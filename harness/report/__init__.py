@@ -4,7 +4,8 @@ The report is itself a valid case file: the header comment names the oracle,
 the first differing event with both values, and the candidate's listing around
 it (BPF instruction, then its native instructions); the body is the shrunk
 system with the reference's outcome as expectations. Save it under corpus/
-and it becomes a regression test.
+and it becomes a regression test. ``harness.report.document`` is the same
+facts as one JSON document (``jitdiff run --json``, docs/cli.md).
 """
 
 from __future__ import annotations
