@@ -24,7 +24,7 @@ A child that dies or hangs with nothing in the kernel log (and no new ``D``
 or ``W`` taint) was killed from outside (``kill -9``, the OOM killer): that is
 a harness event, counted in ``Worker.incidents``, and the job is retried in a
 fresh child. The child never outlives its parent (``PR_SET_PDEATHSIG``, and
-EOF on its stdin ends it between jobs), runs in its own process group (a
+EOF on its stdin ends it between jobs), runs in its own session (a
 Ctrl-C at the terminal is the parent's to handle) and ignores SIGINT.
 
 A verifier log is kept whole in a file (``save_log``); outcomes carry its
@@ -406,8 +406,9 @@ class Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=str(Path(__file__).resolve().parents[2]),
-            # a Ctrl-C at the terminal is the parent's to handle
-            process_group=0,
+            # a Ctrl-C at the terminal is the parent's to handle (a session
+            # of its own: process_group= needs Python 3.11)
+            start_new_session=True,
         )
         self.starts += 1
 
