@@ -10,7 +10,6 @@ the child asked, ``parent_alive`` is the check a child's loop makes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 
@@ -35,7 +34,9 @@ def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> bool:
     ``parent_alive``."""
     ok = False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # the running program's own symbols include libc's (find_library
+        # would run ldconfig in a subprocess for every worker)
+        libc = ctypes.CDLL(None, use_errno=True)
         ok = libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
     except (OSError, AttributeError):  # not Linux, or no libc to ask
         ok = False
