@@ -19,6 +19,7 @@ from harness import engines
 from harness.campaign.fuzz import case_for
 from harness.campaign.runner import REFERENCE_BUDGET, native_budget
 from harness.jit.x86_64.codegen import clear_memo
+from harness.process import Interrupted
 from oracles import compare_case
 
 __all__ = ["bench"]
@@ -61,35 +62,43 @@ def bench(
 
     #: per system, its best round's interpret + engine time (the spread)
     each = [float("inf")] * cases
-    for _ in range(rounds):
-        clear_memo()
-        t: dict[str, float] = defaultdict(float)
-        t0 = time.perf_counter()
-        systems = [case_for(seed, i, config)[0] for i in range(cases)]
-        t["generate"] = time.perf_counter() - t0
-        pes: dict[str, dict[str, float]] = {e.name: defaultdict(float) for e in cands}
-        for k, case in enumerate(systems):
-            start = t0 = time.perf_counter()
-            r = ref.run(case, budget=REFERENCE_BUDGET)
-            t["interpret"] += time.perf_counter() - t0
-            budget = native_budget(max((x.steps for x in r.runs), default=0))
-            for eng in cands:
-                pe = pes[eng.name]
-                kw = {}
-                if hasattr(eng, "compile") and hasattr(eng, "executor"):
+    done = 0
+    try:
+        for _ in range(rounds):
+            clear_memo()
+            t: dict[str, float] = defaultdict(float)
+            t0 = time.perf_counter()
+            systems = [case_for(seed, i, config)[0] for i in range(cases)]
+            t["generate"] = time.perf_counter() - t0
+            pes: dict[str, dict[str, float]] = {e.name: defaultdict(float) for e in cands}
+            for k, case in enumerate(systems):
+                start = t0 = time.perf_counter()
+                r = ref.run(case, budget=REFERENCE_BUDGET)
+                t["interpret"] += time.perf_counter() - t0
+                budget = native_budget(max((x.steps for x in r.runs), default=0))
+                for eng in cands:
+                    pe = pes[eng.name]
+                    kw = {}
+                    if hasattr(eng, "compile") and hasattr(eng, "executor"):
+                        t0 = time.perf_counter()
+                        kw["native"] = eng.compile(case)
+                        pe["compile"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
-                    kw["native"] = eng.compile(case)
-                    pe["compile"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                out = eng.run(case, budget=budget, **kw)
-                pe["emulate" if kw else "run"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                compare_case(r.runs, out.runs)
-                pe["compare"] += time.perf_counter() - t0
-            each[k] = min(each[k], time.perf_counter() - start)
-        keep(best, t)
-        for name, pe in pes.items():
-            keep(per_engine[name], pe)
+                    out = eng.run(case, budget=budget, **kw)
+                    pe["emulate" if kw else "run"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    compare_case(r.runs, out.runs)
+                    pe["compare"] += time.perf_counter() - t0
+                each[k] = min(each[k], time.perf_counter() - start)
+            keep(best, t)
+            for name, pe in pes.items():
+                keep(per_engine[name], pe)
+            done += 1
+    except KeyboardInterrupt:  # Ctrl-C: the rounds finished so far are the answer
+        if not done:
+            for e in cands:
+                e.close()
+            raise Interrupted("bench: interrupted before the first round finished") from None
     changed = ", ".join(
         f"{f.name}={getattr(config, f.name)!r}"
         for f in fields(Config)
@@ -99,7 +108,7 @@ def bench(
         f"machine: {_machine()}",
         f"{cases} systems, seed {seed}, generator settings "
         f"{'Config(' + changed + ')' if changed else 'default'}, one process, "
-        f"best of {rounds} rounds",
+        f"best of {done} rounds",
         f"  generate   {1000 * best['generate'] / cases:8.2f} ms/case",
         f"  interpret  {1000 * best['interpret'] / cases:8.2f} ms/case",
     ]
@@ -116,6 +125,8 @@ def bench(
     lines.append(_spread(each))
     for e in cands:
         e.close()
+    if done < rounds:
+        raise Interrupted("\n".join(lines) + f"\ninterrupted after {done} of {rounds} rounds")
     return "\n".join(lines)
 
 
