@@ -512,6 +512,8 @@ def _test_c(case: Case, name: str, obj: dict[str, str], steps: list[Step]) -> st
             out.append(
                 f'\tASSERT_EQ({opts}.retval, {e.retval & 0xFFFFFFFF:#x}, "run {run} retval");'
             )
+        elif e.retval32 is not None:
+            out.append(f'\tASSERT_EQ({opts}.retval, {e.retval32:#x}, "run {run} retval32");')
         if e.tail_calls:
             counters = ", ".join(sorted({m for m, _ in e.maps})) or "no map, so not asserted"
             out.append(f"\t/* {e.tail_calls} tail calls: counted in {counters} */")
