@@ -57,6 +57,28 @@ def _positive(kind):
     return parse
 
 
+def _shards(text: str) -> range:
+    from harness.campaign.shards import parse_shards
+
+    return parse_shards(text)
+
+
+def _shard_size() -> int:
+    from harness.campaign.shards import SHARD_SIZE
+
+    return SHARD_SIZE
+
+
+def _cluster_address(text: str) -> str:
+    """``auto``, ``ray://HOST:PORT`` or ``HOST:PORT`` (argparse type)."""
+    host, sep, port = text.removeprefix("ray://").rpartition(":")
+    if text != "auto" and not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise argparse.ArgumentTypeError(
+            f"expected ray://HOST:PORT, HOST:PORT or auto, not {text!r}"
+        )
+    return text
+
+
 def _options(args) -> dict:
     """Engine options from the command line (only what was asked for)."""
     return {"allow_known_crashes": True} if getattr(args, "allow_known_crashes", False) else {}
@@ -195,6 +217,8 @@ def cmd_show(args) -> int:
 def cmd_fuzz(args) -> int:
     from harness.campaign.fuzz import Campaign, default_workers, run_campaign
 
+    if args.cluster is not None or args.shard is not None:
+        return _fuzz_shards(args)
     # an engine that cannot run here is skipped with its reason; the others run
     names = tuple(_available(_engines(args), skip=True))
     if not names:
@@ -210,6 +234,7 @@ def cmd_fuzz(args) -> int:
         profile=_profile(args),
         corpus=None if args.no_save else Path(args.corpus),
         shrink=not args.no_shrink,
+        shrink_tries=args.shrink_tries,
         stop_on_first=args.stop_on_first,
         progress=True,
         report_known=args.report_known,
@@ -221,6 +246,66 @@ def cmd_fuzz(args) -> int:
         print("jitdiff: interrupted", file=sys.stderr)
         return 130
     return 1 if summary.findings else 0
+
+
+def _fuzz_shards(args) -> int:
+    """``--shard`` (here) and ``--cluster`` (on Ray): budgets are counts."""
+    from harness.campaign.fuzz import Campaign, default_workers, run_campaign
+    from harness.campaign.shards import shard_campaign
+
+    if args.time is not None or args.examples is not None:
+        raise JitdiffError("--shard and --cluster take no --time or --examples: a shard is a count")
+    if args.stop_on_first:
+        raise JitdiffError("--stop-on-first would make a shard's findings depend on timing")
+    if args.cluster is not None and args.shard is None:
+        raise JitdiffError("--cluster needs --shard A-B/N: which shards of the seed to run")
+    if args.cluster is not None:
+        # the driver need not run the engines (a guest, the kernel): the nodes
+        # that advertise them do; only the names are checked here
+        names = tuple(_engines(args))
+    else:
+        names = tuple(_available(_engines(args)))
+    camp = Campaign(
+        engines=names,
+        seed=args.seed,
+        workers=args.workers or default_workers(),
+        profile=_profile(args),
+        corpus=None if args.no_save else Path(args.corpus),
+        shrink=not args.no_shrink,
+        shrink_tries=args.shrink_tries,
+        progress=True,
+        report_known=args.report_known,
+        options=_options(args),
+    )
+    print(
+        f"seed {args.seed}, shards {args.shard.start}-{args.shard.stop - 1} "
+        f"({args.shard_size} systems each: cases {args.shard.start * args.shard_size}"
+        f"-{args.shard.stop * args.shard_size - 1})",
+        file=sys.stderr,
+    )
+    if args.cluster is None:
+        summary = run_campaign(shard_campaign(camp, args.shard, args.shard_size))
+        print(summary.render())
+        return 1 if summary.findings else 0
+
+    from harness.campaign.cluster import ledger_path, run_cluster
+
+    ledger = None if camp.corpus is None else ledger_path(camp, args.shard_size)
+    summary, failed = run_cluster(
+        camp,
+        args.shard,
+        address=args.cluster,
+        size=args.shard_size,
+        ledger=ledger,
+    )
+    print(summary.render())
+    if ledger is not None:
+        print(f"ledger of finished shards: {ledger}")
+    for line in failed:
+        print(f"FAILED {line} (not in the ledger: the next run retries it)")
+    if summary.findings:
+        return 1
+    return 2 if failed else 0
 
 
 def cmd_replay(args) -> int:
@@ -389,7 +474,32 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--corpus", default="corpus", help="where shrunk divergences are saved")
     sp.add_argument("--no-save", action="store_true", help="print divergences only")
     sp.add_argument("--no-shrink", action="store_true")
+    sp.add_argument(
+        "--shrink-tries",
+        type=_positive(int),
+        help="attempts per shrinking phase (default 3000 choice edits, 2000 case edits)",
+    )
     sp.add_argument("--stop-on-first", action="store_true")
+    sp.add_argument(
+        "--shard",
+        type=_shards,
+        metavar="K/N|A-B/N",
+        help="run shard K (or shards A to B) of N, counted from 0: case indices "
+        "[K*size, (K+1)*size) of the seed; the same findings, byte for byte, wherever it runs",
+    )
+    sp.add_argument(
+        "--shard-size",
+        type=_positive(int),
+        default=_shard_size(),
+        help="systems per shard (default %(default)s)",
+    )
+    sp.add_argument(
+        "--cluster",
+        metavar="ray://HOST:PORT|HOST:PORT|auto",
+        type=_cluster_address,
+        help="run the --shard range as Ray tasks on this cluster (pip install "
+        "'jitdiff[cluster]'; see docs/cluster.md); auto: the cluster of `ray job submit`",
+    )
     sp.add_argument(
         "--report-known",
         action="store_true",

@@ -11,6 +11,14 @@ Lifecycle: the corpus is checked writable before any worker starts; a finding
 is printed before it is saved (a failed save loses nothing); the workers die
 with the parent (``harness.process.die_with_parent``) and leave Ctrl-C to it,
 which stops them and returns the summary so far (``Summary.interrupted``).
+
+Budgets: ``examples`` counts systems from case index ``start`` (a seed shard,
+``harness.campaign.shards``, is such a slice) and makes the campaign, its
+reproducers included, byte-for-byte repeatable: shrinking is bounded by
+attempts, not time. ``seconds`` is a wall-clock limit that shrinking honours
+too: past it, a shrink in progress stops with the smallest reproducer found so
+far (the report says so), so a campaign overshoots its time by at most the
+case in flight and the rendering of that one finding.
 """
 
 from __future__ import annotations
@@ -63,12 +71,17 @@ class Campaign:
     engines: tuple[str, ...]
     seed: int = 0
     examples: int | None = None
+    #: first case index (a shard's start; ``examples`` counts from here)
+    start: int = 0
     seconds: float | None = None
     workers: int = 1
     profile: Profile | None = None
     config: Config = field(default_factory=Config)
     corpus: Path | None = None
     shrink: bool = True
+    #: attempts for each phase of shrinking (choices, then case reduction);
+    #: None: the phases' defaults. Work, not time, so reproducers repeat
+    shrink_tries: int | None = None
     stop_on_first: bool = False
     progress: bool = False
     #: report divergences listed in harness.campaign.known like new ones
@@ -90,6 +103,8 @@ class Finding:
     path: str | None = None
     #: why the reproducer could not be saved (it was printed all the same)
     unsaved: str = ""
+    #: shrinking was cut short by the campaign's time limit
+    cut_short: bool = False
 
 
 @dataclass
@@ -132,7 +147,7 @@ class Summary:
             lines.append(
                 f"DIVERGENCE {f.engine} [{f.oracle}] case #{f.index} after "
                 f"{f.seconds:.1f}s, shrunk to {f.programs} programs / {f.insns} "
-                f"insns{where}"
+                f"insns{' (shrinking cut short by --time)' if f.cut_short else ''}{where}"
             )
         return "\n".join(lines)
 
@@ -164,39 +179,68 @@ def _size(case: Case) -> tuple[int, int]:
     return sum(len(p.insns) for p in case.programs.values()), len(case.programs)
 
 
-def shrink(runner: Runner, engine: str, sig: str, choices: list[int], config: Config) -> Case:
+def shrink(
+    runner: Runner,
+    engine: str,
+    sig: str,
+    choices: list[int],
+    config: Config,
+    *,
+    stop: Callable[[], bool] | None = None,
+    tries: int | None = None,
+) -> Case:
     """Choice shrinking (local, generator-aware), then case reduction (removes
-    the scaffolding the generator always emits)."""
+    the scaffolding the generator always emits). Both keep only edits that
+    preserve ``sig`` (engine, oracle and kind of first differing event): an
+    edit that merely moves the symptom elsewhere (a harness-only difference, a
+    pointer the reference places differently) has left the bug behind.
+    Deterministic for its inputs unless ``stop`` cuts it short."""
 
     def case_fails(case: Case) -> bool:
         res, _ = check_one(runner, case)
         return any(signature(n, d) == sig for n, d in res.divergences if n == engine)
 
-    def still_diverges(case: Case) -> bool:
-        # removing scaffolding often moves the symptom to another oracle (a
-        # retval that no longer differs, a tail-call count that still does):
-        # the same engine diverging at all is what reduction preserves
-        res, _ = check_one(runner, case)
-        return any(n == engine for n, _ in res.divergences)
+    budget = {} if tries is None else {"max_tries": tries}
+    best = shrink_choices(
+        choices, lambda c: case_fails(build_system(ChoiceDraw(c), config)), stop=stop, **budget
+    )
+    return reduce_case(build_system(ChoiceDraw(best), config), case_fails, stop=stop, **budget)
 
-    best = shrink_choices(choices, lambda c: case_fails(build_system(ChoiceDraw(c), config)))
-    return reduce_case(build_system(ChoiceDraw(best), config), still_diverges)
+
+class _Deadline:
+    """``stop`` for shrinking: true once the campaign is out of time, and
+    remembers it was (the report says the reproducer is not fully shrunk)."""
+
+    def __init__(self, at: float | None):
+        self.at, self.hit = at, False
+
+    def __call__(self) -> bool:
+        self.hit = self.hit or (self.at is not None and time.monotonic() > self.at)
+        return self.hit
 
 
 def _worker(w: int, camp: Campaign, out: mp.Queue, stop, parent: int) -> None:
     die_with_parent(parent)
     ignore_interrupts()
+    walk(w, camp, out, stop, lambda: parent_alive(parent))
+
+
+def walk(w: int, camp: Campaign, out, stop, alive: Callable[[], bool] = lambda: True) -> None:
+    """Worker ``w``'s share of the campaign's case indices, in this process:
+    messages to ``out`` (anything with ``put``), until ``stop.is_set()``, the
+    budget, or ``alive()`` turns false. A seed shard runs it directly."""
     runner = Runner(camp.engines, camp.profile or LINUX, **camp.options)
     start = time.monotonic()
-    i = w
+    deadline = None if camp.seconds is None else start + camp.seconds
+    i = camp.start + w
     seen: set[str] = set()
     n = 0
     cov: Counter = Counter()
     poisoned: Counter = Counter()
     last = time.monotonic()
     try:
-        while not stop.is_set() and parent_alive(parent):
-            if camp.examples is not None and i >= camp.examples:
+        while not stop.is_set() and alive():
+            if camp.examples is not None and i >= camp.start + camp.examples:
                 break
             if camp.seconds is not None and time.monotonic() - start >= camp.seconds:
                 break
@@ -215,9 +259,18 @@ def _worker(w: int, camp: Campaign, out: mp.Queue, stop, parent: int) -> None:
                     continue
                 seen.add(sig)
                 found_at = time.monotonic() - start
-                small = shrink(runner, engine, sig, choices, camp.config) if camp.shrink else case
+                cut = _Deadline(deadline)
+                small = (
+                    shrink(
+                        runner, engine, sig, choices, camp.config, stop=cut, tries=camp.shrink_tries
+                    )
+                    if camp.shrink
+                    else case
+                )
                 sres, _ = check_one(runner, small)
-                dd = next((x for e, x in sres.divergences if e == engine), d)
+                # shrinking kept the signature, so this is the same divergence;
+                # the file's name (oracle, digest) and its text both come from it
+                dd = next((x for e, x in sres.divergences if signature(e, x) == sig), d)
                 eng = next(e for e in runner.engines if e.name == engine)
                 try:
                     listing = eng.listing(small)
@@ -232,7 +285,20 @@ def _worker(w: int, camp: Campaign, out: mp.Queue, stop, parent: int) -> None:
                 )
                 insns, progs = _size(small)
                 out.put(
-                    ("finding", Finding(engine, sig, dd.oracle, i, found_at, text, insns, progs))
+                    (
+                        "finding",
+                        Finding(
+                            engine,
+                            signature(engine, dd),
+                            dd.oracle,
+                            i,
+                            found_at,
+                            text,
+                            insns,
+                            progs,
+                            cut_short=cut.hit,
+                        ),
+                    )
                 )
             if time.monotonic() - last > 0.5:
                 out.put(("progress", w, n, cov, poisoned))
@@ -310,6 +376,16 @@ def _record(
     if old.path is not None:  # written by this campaign: replace it (atomically)
         _save_or_say(corpus or Path(old.path).parent, f, old.path)
     return f
+
+
+def progress_line(summary: Summary, elapsed: float) -> str:
+    """The live status line (redrawn in place on a terminal)."""
+    return (
+        f"\r{summary.cases} cases  {summary.cases / max(elapsed, 1e-9):.0f}/s  "
+        f"{len(summary.findings)} divergences  "
+        f"{sum(summary.poisoned.values())} poisoned  "
+        f"{len(summary.coverage)} shapes  {elapsed:.0f}s "
+    )
 
 
 def run_campaign(camp: Campaign, *, stream=None, out=None) -> Summary:
@@ -393,12 +469,7 @@ def run_campaign(camp: Campaign, *, stream=None, out=None) -> Summary:
             if tty and now - last_draw > 0.25:
                 last_draw = now
                 el = now - start
-                stream.write(
-                    f"\r{summary.cases} cases  {summary.cases / max(el, 1e-9):.0f}/s  "
-                    f"{len(summary.findings)} divergences  "
-                    f"{sum(summary.poisoned.values())} poisoned  "
-                    f"{len(summary.coverage)} shapes  {el:.0f}s "
-                )
+                stream.write(progress_line(summary, el))
                 stream.flush()
         stop.set()
         if summary.interrupted:

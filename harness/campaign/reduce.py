@@ -4,14 +4,18 @@ Choice shrinking keeps the generator's scaffolding (counters, argument set-up,
 stack traffic); this pass removes it directly from the system: whole programs,
 script steps, map entries and single instructions, re-targeting jumps and calls
 the way the kernel's ``bpf_adj_branches`` does when it removes instructions.
-An edit is kept only while the same divergence persists; an edit that makes
-the program invalid shows up as a poisoned reference and is dropped.
+An edit is kept only while the same divergence persists (the caller's
+predicate; the campaign asks for the same signature: engine, oracle and kind of
+first differing event, so a reduction never walks from the JIT bug to some
+other difference); an edit that makes the program invalid shows up as a
+poisoned reference and is dropped. The budget is attempts, not the clock, so
+reduction is deterministic; ``stop`` lets a campaign past its deadline cut it
+short with the best case so far.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 
 from harness.formats import isa
@@ -184,16 +188,20 @@ def _delete_run(prog: Program, start: int, k: int) -> Program | None:
 
 
 def reduce_case(
-    case: Case, fails: Callable[[Case], bool], *, seconds: float = 30.0, max_tries: int = 2000
+    case: Case,
+    fails: Callable[[Case], bool],
+    *,
+    max_tries: int = 2000,
+    stop: Callable[[], bool] | None = None,
 ) -> Case:
-    """Greedy reduction to a fixpoint (or the budget); deterministic."""
-    deadline = time.monotonic() + seconds
+    """Greedy reduction to a fixpoint or ``max_tries`` attempts; deterministic
+    unless ``stop`` (asked before each attempt) ends it early."""
     tries = 0
     changed = True
     while changed:
         changed = False
         for cand in _variants(case):
-            if tries >= max_tries or time.monotonic() > deadline:
+            if tries >= max_tries or (stop is not None and stop()):
                 return case
             tries += 1
             if fails(cand):

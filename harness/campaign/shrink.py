@@ -7,11 +7,15 @@ delete runs of choices (drops a function, a tail-call edge, a step), lower
 values toward zero (smaller stacks, fewer features, earlier options), and keep
 an edit whenever the rebuilt system still fails the same way. Every edited
 list still builds a valid system, because the builder clamps and defaults.
+
+The budget is work (attempts), never the clock: the same failing list always
+shrinks to the same result, so a seed's reproducers are byte-identical from
+one run to the next. A campaign with a wall-clock limit passes ``stop`` to cut
+a shrink short at its deadline, keeping the best list found so far.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 __all__ = ["shrink_choices"]
@@ -22,28 +26,27 @@ def shrink_choices(
     fails: Callable[[list[int]], bool],
     *,
     max_tries: int = 3000,
-    seconds: float = 30.0,
+    stop: Callable[[], bool] | None = None,
 ) -> list[int]:
     """The smallest choice list found for which ``fails`` still holds (``fails``
-    is assumed true for ``choices``). Deterministic for a given input."""
+    is assumed true for ``choices``) within ``max_tries`` attempts.
+    Deterministic for a given input unless ``stop`` (asked before each
+    attempt) ends it early."""
     best = list(choices)
     tries = 0
-    deadline = time.monotonic() + seconds
+
+    def budget_left() -> bool:
+        return tries < max_tries and not (stop is not None and stop())
 
     def attempt(candidate: list[int]) -> bool:
         nonlocal best, tries
-        if tries >= max_tries or time.monotonic() > deadline:
-            return False
-        if candidate == best:
+        if candidate == best or not budget_left():
             return False
         tries += 1
         if fails(candidate):
             best = candidate
             return True
         return False
-
-    def budget_left() -> bool:
-        return tries < max_tries and time.monotonic() <= deadline
 
     improved = True
     while improved and budget_left():
