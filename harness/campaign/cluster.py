@@ -49,7 +49,7 @@ RETRIES = 3
 def resources_for(names: tuple[str, ...]) -> dict[str, float]:
     """The custom resources a shard of these engines needs: one unit of
     ``engine:<base name>`` per engine that is not ``PORTABLE``."""
-    return {f"engine:{b}": 1.0 for b in sorted({engines.base_name(n) for n in names}) - PORTABLE}
+    return {f"engine:{b}": 1.0 for b in sorted({engines.base_name(n) for n in names} - PORTABLE)}
 
 
 def _ray():
@@ -176,14 +176,17 @@ def run_cluster(
                 "shards already done",
                 file=stream,
             )
-    task = ray.remote(_shard_task).options(
+    task = ray.remote(_shard_task)
+    opts = dict(
         num_cpus=1,
         resources=resources_for(camp.engines),
         max_retries=RETRIES,
         retry_exceptions=False,  # a shard that raises is a bug, not bad luck
     )
     one = replace(camp, corpus=None, progress=False, workers=1)
-    pending = {task.options(name=f"jitdiff-shard-{k}").remote(one, k, size): k for k in todo}
+    pending = {
+        task.options(name=f"jitdiff-shard-{k}", **opts).remote(one, k, size): k for k in todo
+    }
     failed: list[str] = []
     ours = version()
     start = time.monotonic()

@@ -73,9 +73,17 @@ class ShardResult:
     findings: list[Finding] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["findings"] = [asdict(f) for f in self.findings]
-        return d
+        # by hand: asdict would rebuild each Counter from its (key, count) pairs
+        return {
+            "shard": self.shard,
+            "version": self.version,
+            "cases": self.cases,
+            "duplicates": self.duplicates,
+            "known": dict(self.known),
+            "poisoned": dict(self.poisoned),
+            "coverage": dict(self.coverage),
+            "findings": [asdict(f) for f in self.findings],
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> ShardResult:
