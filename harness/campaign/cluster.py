@@ -129,7 +129,12 @@ class Ledger:
             del f["text"]  # the corpus holds it
         line = json.dumps(rec, sort_keys=True) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as fh:
+        with open(self.path, "a+") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell():  # after a line torn by a crash, start a new one
+                fh.seek(fh.tell() - 1)
+                if fh.read(1) != "\n":
+                    line = "\n" + line
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
