@@ -49,7 +49,11 @@ def test_the_correct_model_is_not_a_mutant():
 def test_hierarchy_bug_shrinks_to_the_textbook_reproducer():
     # the 6.1 design passes the count by value into subprograms: found from
     # scratch, shrunk to a subprogram that tail-calls its own program, in at
-    # most 2 programs and 16 instructions
+    # most 2 programs and 28 instructions. It is found as a wrong return value,
+    # and shrinking keeps that signature (issue #12), so the reproducer keeps
+    # what carries the count into r0 (a subprogram reading the counter map);
+    # letting it drift to the tail_calls oracle gave 16, and let other
+    # reproducers walk away from their bug altogether
     spec = "x86_64+linux-6.1"
     runner = _runner(spec)
     i, d, choices = _hunt(runner, spec)
@@ -57,7 +61,8 @@ def test_hierarchy_bug_shrinks_to_the_textbook_reproducer():
     res, _ = check_one(runner, small)
     assert any(e == spec for e, _ in res.divergences)
     assert len(small.programs) <= 2
-    assert sum(len(p.insns) for p in small.programs.values()) <= 16
+    assert sum(len(p.insns) for p in small.programs.values()) <= 28
+    assert signature(spec, d) in {signature(e, x) for e, x in res.divergences}
     tail_call_in_subprog = any(
         i.opcode == isa.JMP | isa.CALL and i.imm == 12 and pc >= p.function_starts()[1]
         for p in small.programs.values()
