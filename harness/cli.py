@@ -467,7 +467,13 @@ def main(argv: list[str] | None = None) -> int:
         "every saved file; stderr: the progress line and notes. Kernel crash reproducers go "
         "under CORPUS/crashes. Ctrl-C: the summary so far, exit 130 (docs/cli.md).",
     )
-    sp.add_argument("--time", type=_positive(float), help="seconds (default 60 unless --examples)")
+    sp.add_argument(
+        "--time",
+        type=_positive(float),
+        help="wall-clock limit in seconds (default 60 unless --examples); a shrink in "
+        "progress stops at it with the smallest reproducer so far (overshoot: the case in "
+        "flight and one finding's report)",
+    )
     sp.add_argument("--examples", type=_positive(int), help="number of systems")
     sp.add_argument("--workers", type=_positive(int), help="worker processes (default: all cores)")
     sp.add_argument("--seed", type=int, default=0)
