@@ -289,15 +289,23 @@ def _fuzz_shards(args) -> int:
         return 1 if summary.findings else 0
 
     from harness.campaign.cluster import ledger_path, run_cluster
+    from harness.campaign.fuzz import Summary
 
     ledger = None if camp.corpus is None else ledger_path(camp, args.shard_size)
-    summary, failed = run_cluster(
-        camp,
-        args.shard,
-        address=args.cluster,
-        size=args.shard_size,
-        ledger=ledger,
-    )
+    summary = Summary()
+    try:
+        _, failed = run_cluster(
+            camp,
+            args.shard,
+            address=args.cluster,
+            size=args.shard_size,
+            ledger=ledger,
+            summary=summary,
+        )
+    except KeyboardInterrupt:
+        print(summary.render())
+        print(f"interrupted; the same command resumes from the ledger {ledger}")
+        raise
     print(summary.render())
     if ledger is not None:
         print(f"ledger of finished shards: {ledger}")

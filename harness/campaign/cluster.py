@@ -163,14 +163,17 @@ def run_cluster(
     size: int = SHARD_SIZE,
     ledger: Path | None = None,
     stream=None,
+    summary: Summary | None = None,
 ) -> tuple[Summary, list[str]]:
     """Run ``shards`` of ``camp`` on the Ray cluster at ``address`` (None: the
     connection already made). Returns the summary (finished shards of earlier
-    runs included, as the ledger has them) and one line per shard that failed."""
+    runs included, as the ledger has them) and one line per shard that failed.
+    ``summary``, if given, is filled in place: after a Ctrl-C it holds what
+    was merged so far."""
     stream = stream or sys.stderr
     ray = _ray()
     connect(address)
-    summary = Summary()
+    summary = summary if summary is not None else Summary()
     book = Ledger(ledger) if ledger is not None else None
     todo = [k for k in shards if book is None or k not in book.done]
     if book is not None:
