@@ -304,7 +304,8 @@ def _fuzz_shards(args) -> int:
         )
     except KeyboardInterrupt:
         print(summary.render())
-        print(f"interrupted; the same command resumes from the ledger {ledger}")
+        if ledger is not None:
+            print(f"interrupted; the same command resumes from the ledger {ledger}")
         raise
     print(summary.render())
     if ledger is not None:
