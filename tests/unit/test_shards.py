@@ -149,3 +149,15 @@ def test_a_ledger_line_torn_by_a_crash_costs_only_that_shard(tmp_path):
     assert list(book.done) == [0]
     book.add(ShardResult(1, "v", cases=4))
     assert sorted(Ledger(path).done) == [0, 1]
+
+
+def test_a_reproducer_cut_short_by_the_time_limit_says_so():
+    from harness.campaign.fuzz import Finding, Summary
+
+    sig = "x86_64|retval:return value"
+    whole = Finding("x86_64", sig, "retval", 3, 0.1, "", 12, 1)
+    cut = Finding("x86_64", sig, "retval", 3, 0.1, "", 64, 1, cut_short=True)
+    assert "cut short" not in Summary(findings=[whole]).render()
+    assert "shrunk to 1 programs / 64 insns (shrinking cut short by --time)" in (
+        Summary(findings=[cut]).render()
+    )
