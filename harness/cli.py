@@ -284,34 +284,26 @@ def _fuzz_shards(args) -> int:
         file=sys.stderr,
     )
     if args.cluster is None:
-        summary = run_campaign(shard_campaign(camp, args.shard, args.shard_size))
+        summary = run_campaign(shard_campaign(camp, args.shard, args.shard_size), out=sys.stdout)
         print(summary.render())
-        return 1 if summary.findings else 0
+        failed: list[str] = []
+    else:
+        from harness.campaign.cluster import ledger_path, run_cluster
 
-    from harness.campaign.cluster import ledger_path, run_cluster
-    from harness.campaign.fuzz import Summary
-
-    ledger = None if camp.corpus is None else ledger_path(camp, args.shard_size)
-    summary = Summary()
-    try:
-        _, failed = run_cluster(
-            camp,
-            args.shard,
-            address=args.cluster,
-            size=args.shard_size,
-            ledger=ledger,
-            summary=summary,
-        )
-    except KeyboardInterrupt:
+        ledger = None if camp.corpus is None else ledger_path(camp, args.shard_size)
+        summary, failed = run_cluster(
+            camp, args.shard, address=args.cluster, size=args.shard_size, ledger=ledger,
+            out=sys.stdout,
+        )  # fmt: skip
         print(summary.render())
         if ledger is not None:
-            print(f"interrupted; the same command resumes from the ledger {ledger}")
-        raise
-    print(summary.render())
-    if ledger is not None:
-        print(f"ledger of finished shards: {ledger}")
-    for line in failed:
-        print(f"FAILED {line} (not in the ledger: the next run retries it)")
+            again = "the same command resumes from it" if summary.interrupted else "finished shards"
+            print(f"ledger: {ledger} ({again})")
+        for line in failed:
+            print(f"FAILED {line} (not in the ledger: the next run retries it)")
+    if summary.interrupted:
+        print("jitdiff: interrupted", file=sys.stderr)
+        return 130
     if summary.findings:
         return 1
     return 2 if failed else 0

@@ -26,13 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from harness import engines
-from harness.campaign.fuzz import Campaign, Summary, _record, progress_line
+from harness.campaign.fuzz import Campaign, Finding, Summary, _record, check_corpus, progress_line
 from harness.campaign.shards import SHARD_SIZE, ShardResult, run_shard, version
 from harness.errors import JitdiffError
 
@@ -163,17 +164,21 @@ def run_cluster(
     size: int = SHARD_SIZE,
     ledger: Path | None = None,
     stream=None,
-    summary: Summary | None = None,
+    out=None,
 ) -> tuple[Summary, list[str]]:
     """Run ``shards`` of ``camp`` on the Ray cluster at ``address`` (None: the
-    connection already made). Returns the summary (finished shards of earlier
-    runs included, as the ledger has them) and one line per shard that failed.
-    ``summary``, if given, is filled in place: after a Ctrl-C it holds what
-    was merged so far."""
+    connection already made). Progress goes to ``stream`` (default stderr),
+    each finding's report to ``out`` (default ``stream``), as in a local
+    campaign. Returns the summary (finished shards of earlier runs included,
+    as the ledger has them; ``interrupted`` after Ctrl-C) and one line per
+    shard that failed."""
     stream = stream or sys.stderr
+    out = out or stream
     ray = _ray()
+    if camp.corpus is not None:
+        check_corpus(camp.corpus)
     connect(address)
-    summary = summary if summary is not None else Summary()
+    summary = Summary()
     book = Ledger(ledger) if ledger is not None else None
     todo = [k for k in shards if book is None or k not in book.done]
     if book is not None:
@@ -200,30 +205,61 @@ def run_cluster(
     start = time.monotonic()
     tty = camp.progress and stream.isatty()
     finished = len(shards) - len(todo)
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-        for ref in ready:
-            k = pending.pop(ref)
-            try:
-                result = ShardResult.from_json(ray.get(ref))
-            except ray.exceptions.RayError as e:
-                failed.append(f"shard {k}: {_first_line(e)}")
-                continue
-            if result.version != ours:
-                failed.append(f"shard {k}: ran jitdiff {result.version}, the driver is {ours}")
-                continue
-            result.add_to(summary)
-            for f in result.findings:
-                kept = _record(summary, f, camp.corpus)
-                if kept is not None:
-                    print(kept.text, file=stream)
-            if book is not None:
-                book.add(result)
-            finished += 1
-        if tty:
-            stream.write(progress_line(summary, time.monotonic() - start))
-            stream.write(f" shards {finished}/{len(shards)} ")
+
+    def show(f: Finding) -> None:
+        if tty:  # the report starts on a line of its own
+            stream.write("\r\x1b[K")
             stream.flush()
+        print(f.text, file=out, flush=True)
+
+    def merge(k: int, result: ShardResult) -> None:
+        result.add_to(summary)
+        unsaved = False
+        for f in result.findings:
+            kept = _record(summary, f, camp.corpus, show)
+            if kept is not None and kept.path:
+                print(f"saved {kept.path}", file=out, flush=True)
+            elif kept is not None and kept.unsaved:
+                print(f"not saved ({kept.unsaved})", file=out, flush=True)
+                unsaved = True
+        if unsaved:  # a finding only printed: the shard is not done
+            failed.append(f"shard {k}: a finding could not be saved")
+        elif book is not None:
+            book.add(result)
+
+    def interrupt(signum, frame) -> None:
+        # a flag, not a KeyboardInterrupt: one in the middle of a save or a
+        # ledger line would lose what the shard found
+        summary.interrupted = True
+
+    try:
+        old_handler = signal.signal(signal.SIGINT, interrupt)
+    except ValueError:  # not the main thread: Ctrl-C is not ours to handle
+        old_handler = None
+    try:
+        while pending and not summary.interrupted:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for ref in ready:
+                k = pending.pop(ref)
+                try:
+                    result = ShardResult.from_json(ray.get(ref))
+                except ray.exceptions.RayError as e:
+                    failed.append(f"shard {k}: {_first_line(e)}")
+                    continue
+                if result.version != ours:
+                    failed.append(f"shard {k}: ran jitdiff {result.version}, the driver is {ours}")
+                    continue
+                merge(k, result)
+                finished += 1
+            if tty:
+                stream.write(progress_line(summary, time.monotonic() - start))
+                stream.write(f" shards {finished}/{len(shards)} ")
+                stream.flush()
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    for ref in pending:  # interrupted: the shards still out are not ours any more
+        ray.cancel(ref, force=True)
     if tty:
         stream.write("\n")
     summary.seconds = time.monotonic() - start

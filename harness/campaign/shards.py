@@ -70,6 +70,8 @@ class ShardResult:
     known: Counter = field(default_factory=Counter)
     poisoned: Counter = field(default_factory=Counter)
     coverage: Counter = field(default_factory=Counter)
+    #: harness events (a kernel worker killed from outside), counted and retried
+    incidents: Counter = field(default_factory=Counter)
     findings: list[Finding] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -82,14 +84,15 @@ class ShardResult:
             "known": dict(self.known),
             "poisoned": dict(self.poisoned),
             "coverage": dict(self.coverage),
+            "incidents": dict(self.incidents),
             "findings": [asdict(f) for f in self.findings],
         }
 
     @classmethod
     def from_json(cls, d: dict) -> ShardResult:
         d = dict(d)
-        for k in ("known", "poisoned", "coverage"):
-            d[k] = Counter(d[k])
+        for k in ("known", "poisoned", "coverage", "incidents"):
+            d[k] = Counter(d.get(k, {}))
         d["findings"] = [Finding(**f) for f in d["findings"]]
         return cls(**d)
 
@@ -100,6 +103,7 @@ class ShardResult:
         summary.known.update(self.known)
         summary.poisoned.update(self.poisoned)
         summary.coverage.update(self.coverage)
+        summary.incidents.update(self.incidents)
 
 
 class _Collect:
@@ -118,6 +122,8 @@ class _Collect:
             r.duplicates += 1
         elif kind == "known":
             r.known[msg[1]] += 1
+        elif kind == "incidents":
+            r.incidents.update(msg[1])
         elif kind == "finding":
             r.findings.append(msg[1])
 
