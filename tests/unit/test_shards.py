@@ -38,7 +38,7 @@ def test_two_identical_campaigns_write_byte_identical_reproducers(tmp_path):
             examples=12,
             workers=2,
             corpus=tmp_path / name,
-            shrink_tries=300,
+            shrink_tries=150,
         )
         with open(tmp_path / f"{name}.log", "w") as quiet:
             return run_campaign(camp, stream=quiet)
