@@ -9,9 +9,13 @@ the shards tiny."""
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -62,8 +66,33 @@ def local_corpus(tmp_path_factory) -> dict[str, bytes]:
     return found
 
 
+CLONE_NEWNET, SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x40000000, 0x8914, 1, 8, 0x40
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def loopback_only():
+    """This thread (and the Ray processes it starts) in a network namespace of
+    its own that has nothing but loopback. Ray 2.60 listens on 0.0.0.0 and
+    registers agents on the host's address whatever ``_node_ip_address``
+    says; in here nothing it opens is reachable from, or reaches, anything
+    beyond these tests. Restored afterwards, so later tests in this worker see
+    the machine's network again."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        os.close(home)
+        pytest.skip(f"no private network namespace: {os.strerror(ctypes.get_errno())}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(
+            s, SIOCSIFFLAGS, struct.pack("16sH", b"lo", IFF_UP | IFF_LOOPBACK | IFF_RUNNING)
+        )
+    yield
+    libc.setns(home, CLONE_NEWNET)
+    os.close(home)
+
+
+@pytest.fixture(scope="module")
+def cluster(loopback_only):
     """A local Ray cluster: 2 worker CPUs, a small object store, 127.0.0.1."""
     ray.init(
         num_cpus=2,
