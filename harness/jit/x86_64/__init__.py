@@ -139,6 +139,42 @@ FAULTS: dict[str, str] = {
     "poke-bypass-not-restored": "direct tail-call poking: on delete the target becomes "
     "nop5 but the bypass stays nop5; the failed call counts, pops the frame and falls "
     "through",
+    "priv-stack-8-low": "private stack placement: the frame pointer is priv_stack_ptr + "
+    "round_up(depth, 8), one guard short; the deepest slot lands on the overflow guard "
+    "and nothing the program reads changes (bpf_int_jit_compile, emit_priv_frame_ptr)",
+    "mov32-imm-sign-extended": "immediate loads: BPF_ALU | BPF_MOV | BPF_K calls "
+    "emit_mov_imm32(sign_propagate=true), mov rdi, imm32 (48 c7) instead of mov edi, imm32; "
+    "w1 = -1 sets all 64 bits",
+    "ld-imm64-sign-extends": "immediate loads: emit_mov_imm64's is_uimm32 path calls "
+    "emit_mov_imm32(sign_propagate=true); r1 = 0x80000000 ll becomes 0xffffffff80000000",
+    "movsx64-no-rexw": "sign extension: emit_movsx_reg's 64-bit forms take the 32-bit "
+    "prefix (add_2mod(0x40, ..) where 0x48 belongs); r = (s8/s16/s32)r leaves bits 32-63 zero",
+    "ldsx-movzx": "sign extension: emit_ldsx loads bytes and half-words with emit_ldx's "
+    "movzx (0f b6/0f b7) instead of movsx (0f be/0f bf)",
+    "sdiv-zero-extends-dividend": "division: the signed (off=1) div/mod path sets rdx with "
+    "the unsigned path's xor edx, edx instead of cdq/cqo; a negative dividend overflows "
+    "idiv (#DE) or divides wrong",
+    "div-src-rdx-not-saved": "division: a register divisor in rdx (BPF r3) is not moved "
+    "to r11 before xor edx, edx; div/idiv divides by the zeroed rdx (#DE)",
+    "shift32-by-reg-as-64": "shifts by register: ALU32 lsh/rsh/arsh by a register use the "
+    "64-bit shlx/shrx/sarx (VEX.W=1; the D3 form without BMI2): no zero extension, count "
+    "masked by 63",
+    "bswap16-no-movzx": "byte swaps: be16/bswap16 emit ror ax, 8 without the movzwl "
+    "eax, ax that clears bits 16-63",
+    "atomic32-as-64": "atomics: emit_atomic puts REX.W on 32-bit atomics "
+    "(maybe_emit_mod(.., true)); the op reads and writes 8 bytes, fetch returns 64 bits",
+    "stx-byte-no-rex": "register encoding: emit_stx's byte store tests is_ereg(src) where "
+    "is_ereg_8l belongs; r1/r2/r10 store bh/dh/ch instead of dil/sil/bpl (the 2020 "
+    "BPF_STX byte-store fix)",
+    "jmp32-jsle-unsigned": "jmp32 conditions: JMP32 JSLE takes X86_JBE (unsigned) "
+    "instead of X86_JLE",
+    "jmp32-jset-64bit": "jmp32 conditions: JMP32 JSET tests with REX.W, so bits 32-63 "
+    "count (the x32 'JSET BPF_X checking upper bits' fix of 2020)",
+    "mov32-self-elided": "32-bit zero extension: BPF_ALU | BPF_MOV | BPF_X with dst == src "
+    "emits nothing, as EMIT_mov does for 64-bit; w = w (and the verifier's zext after "
+    "cmpxchg32 and in mod32 patchlets) keeps bits 32-63",
+    "gotol-uses-off": "jump offsets: BPF_JMP32 | BPF_JA (gotol) takes insn->off like "
+    "BPF_JMP | BPF_JA instead of insn->imm; every gotol jumps to the next insn",
 }
 
 #: Which oracle should fire first for each fault, and on what.
@@ -168,6 +204,24 @@ FAULT_SYMPTOMS: dict[str, str] = {
     "boundary-missing-r12": "host_state (r12 not restored) after bpf_throw",
     "stale-poke": "retval / control flow: the old target keeps running after a replace",
     "poke-bypass-not-restored": "host_state / registers / tail_calls after a delete",
+    "priv-stack-8-low": "stack (private stack overflow guard clobbered) once a function "
+    "writes its deepest slot",
+    "mov32-imm-sign-extended": "retval / registers: a negative 32-bit immediate reaches bits 32-63",
+    "ld-imm64-sign-extends": "retval / registers: a 64-bit constant in [2^31, 2^32)",
+    "movsx64-no-rexw": "retval / registers: a negative byte, half or word sign-extended to 64",
+    "ldsx-movzx": "retval / registers: a sign-extending load of a negative byte or half",
+    "sdiv-zero-extends-dividend": "trap (#DE) / retval: signed div or mod of a negative value",
+    "div-src-rdx-not-saved": "trap (#DE): a division by r3",
+    "shift32-by-reg-as-64": "retval / registers: a 32-bit shift by register carrying "
+    "into bit 32 or with a count >= 32",
+    "bswap16-no-movzx": "retval / registers: be16/bswap16 of a value wider than 16 bits",
+    "atomic32-as-64": "memory (the next 4 bytes) / retval / termination (the fetch loop "
+    "never matches)",
+    "stx-byte-no-rex": "memory / stack / retval: a byte store from r1, r2 or r10",
+    "jmp32-jsle-unsigned": "control flow / retval: w s<= on operands of different sign",
+    "jmp32-jset-64bit": "control flow / retval: w & mask where only bits 32-63 overlap",
+    "mov32-self-elided": "retval / registers: w = w on a value with bits 32-63 set",
+    "gotol-uses-off": "control flow / retval: the insns a gotol skips run",
 }
 
 #: Faults of the 6.18 counter-pointer sequences; they have no meaning in 5.10's.
@@ -308,6 +362,8 @@ def compile_system(
                     if variant.has("priv-stack-shared"):
                         shared = regions[-1]
                 priv = region + PRIV_STACK_GUARD_SZ + depth
+                if variant.has("priv-stack-8-low"):
+                    priv -= PRIV_STACK_GUARD_SZ
 
             def resolve(sym: str, _p: int = pidx) -> int:
                 if sym.startswith("func:"):

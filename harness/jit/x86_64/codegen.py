@@ -111,9 +111,8 @@ MAX_PASSES = 20
 PADDING_PASSES = MAX_PASSES - 5
 ALL_CALLEE_REGS = (True, True, True, True)
 #: instruction classes whose x86 bytes depend only on the instruction (after
-#: the private-stack register swap) and the JIT options (BMI2; the key holds
-#: all of them, faults and design included, though none touches these
-#: classes today): never on an address or a pass. The pass loop re-emits a
+#: the private-stack register swap) and the JIT options (BMI2, faults and
+#: design: the key holds all of them): never on an address or a pass. The pass loop re-emits a
 #: function many times and generated programs repeat instructions, so their
 #: bytes are memoised; they are what the full emitter below produced for the
 #: same key.
@@ -546,9 +545,11 @@ class FuncJit:
                 e.emit2(SIMPLE_ALU[op], add_2reg(0xC0, dst, src))
             elif c in (isa.ALU, isa.ALU64) and op == isa.MOV and code & isa.X:
                 if insn.off == 0:
-                    e.mov_reg(is64, dst, src)
+                    # fault "mov32-self-elided": w = w skipped like EMIT_mov's r = r
+                    if not (dst == src and opts.has("mov32-self-elided")):
+                        e.mov_reg(is64, dst, src)
                 else:
-                    e.movsx_reg(insn.off, is64, dst, src)
+                    e.movsx_reg(insn.off, is64, dst, src, rex_w=not opts.has("movsx64-no-rexw"))
             elif c in (isa.ALU, isa.ALU64) and op == isa.NEG:
                 e.maybe_emit_1mod(dst, is64)
                 e.emit2(0xF7, add_1reg(0xD8, dst))
@@ -568,13 +569,14 @@ class FuncJit:
                 else:
                     e.emit2_off32(0x81, add_1reg(b3, dst), imm32)
             elif c in (isa.ALU, isa.ALU64) and op == isa.MOV:
-                e.mov_imm32(is64, dst, imm32)
+                # fault "mov32-imm-sign-extended": sign_propagate for ALU too
+                e.mov_imm32(is64 or opts.has("mov32-imm-sign-extended"), dst, imm32)
             elif code == isa.LD_IMM64:
                 lo, hi = insn.imm & 0xFFFFFFFF, insns[i].insn.imm & 0xFFFFFFFF
                 if x.map_ref is not None:
                     value = (self.map_addr(x.map_ref[0]) + x.map_ref[1]) & ((1 << 64) - 1)
                     lo, hi = value & 0xFFFFFFFF, value >> 32
-                e.mov_imm64(dst, hi, lo)
+                e.mov_imm64(dst, hi, lo, zext=not opts.has("ld-imm64-sign-extends"))
                 i += 1
             elif c in (isa.ALU, isa.ALU64) and op in (isa.DIV, isa.MOD):
                 self._emit_divmod(e, insn, dst, src, is64)
@@ -601,7 +603,7 @@ class FuncJit:
             elif c in (isa.ALU, isa.ALU64) and op in (isa.LSH, isa.RSH, isa.ARSH):
                 self._emit_shift_x(e, insn, dst, src, is64)
             elif c in (isa.ALU, isa.ALU64) and op == isa.END:
-                self._emit_end(e, code, dst, imm32)
+                self._emit_end(e, code, dst, imm32, movzx=not opts.has("bswap16-no-movzx"))
             elif c == isa.ST and code & 0xE0 == isa.MEM:
                 size = code & 0x18
                 if size == isa.B:
@@ -618,10 +620,10 @@ class FuncJit:
                     e.emit1_off32(add_1reg(0x80, dst), insn.off)
                 e.emit(imm32, {isa.B: 1, isa.H: 2, isa.W: 4, isa.DW: 4}[size])
             elif c == isa.STX and code & 0xE0 == isa.MEM:
-                e.stx(code & 0x18, dst, src, insn.off)
+                e.stx(code & 0x18, dst, src, insn.off, rex_8l=not opts.has("stx-byte-no-rex"))
             elif c == isa.LDX and code & 0xE0 in (isa.MEM, isa.MEMSX):
                 if code & 0xE0 == isa.MEMSX:
-                    e.ldsx(code & 0x18, dst, src, insn.off)
+                    e.ldsx(code & 0x18, dst, src, insn.off, movzx=opts.has("ldsx-movzx"))
                 else:
                     e.ldx(code & 0x18, dst, src, insn.off)
             elif c == isa.STX and code & 0xE0 == isa.ATOMIC:
@@ -688,7 +690,8 @@ class FuncJit:
                 else:
                     raise JitError(f"cond_jmp gen bug {off:x}")
             elif code in (isa.JMP | isa.JA, isa.JMP32 | isa.JA):
-                rel = insn.off if c == isa.JMP else insn.imm
+                # fault "gotol-uses-off": the pre-6.6 code, off for both classes
+                rel = insn.off if c == isa.JMP or opts.has("gotol-uses-off") else insn.imm
                 off = -2 if rel == -1 else addrs[i + rel] - addrs[i]
                 if off == 0:
                     if padding:
@@ -758,8 +761,10 @@ class FuncJit:
             e.emit1(0x50)  # push rax
         if dst != 3:
             e.emit1(0x52)  # push rdx
+        # fault "div-src-rdx-not-saved": only rax is moved out of the way
+        clobbered = (0,) if self.opts.has("div-src-rdx-not-saved") else (0, 3)
         if code & isa.X:
-            if src in (0, 3):
+            if src in clobbered:
                 e.mov(AUX_REG, src)  # mov r11, src_reg
                 src = AUX_REG
         else:
@@ -772,7 +777,9 @@ class FuncJit:
             e.maybe_emit_1mod(src, is64)
             e.emit2(0xF7, add_1reg(0xF0, src))  # div src_reg
         else:
-            if not is64:
+            if self.opts.has("sdiv-zero-extends-dividend"):
+                e.emit2(0x31, 0xD2)  # xor edx, edx: the unsigned path's set-up
+            elif not is64:
                 e.emit1(0x99)  # cdq
             else:
                 e.emit2(0x48, 0x99)  # cqo
@@ -790,6 +797,8 @@ class FuncJit:
 
     def _emit_shift_x(self, e: Emitter, insn: isa.Insn, dst: int, src: int, is64: bool) -> None:
         op = insn.opcode & 0xF0
+        # fault "shift32-by-reg-as-64": the 64-bit form for ALU32 too
+        is64 = is64 or self.opts.has("shift32-by-reg-as-64")
         if self.opts.bmi2 and src != 4:
             pp = {isa.LSH: 1, isa.RSH: 3, isa.ARSH: 2}[op]
             e.shiftx(dst, src, is64, pp)
@@ -810,13 +819,16 @@ class FuncJit:
             else:
                 e.emit1(0x59)  # pop rcx
 
-    def _emit_end(self, e: Emitter, code: int, dst: int, imm32: int) -> None:
+    def _emit_end(self, e: Emitter, code: int, dst: int, imm32: int, movzx: bool = True) -> None:
+        """``movzx=False`` is fault "bswap16-no-movzx" (the swap leaves bits 16-63)."""
         if code in (isa.ALU | isa.END | isa.TO_BE, isa.ALU64 | isa.END | isa.TO_LE):
             if imm32 == 16:
                 e.emit1(0x66)  # ror ax, 8
                 if is_ereg(dst):
                     e.emit1(0x41)
                 e.emit3(0xC1, add_1reg(0xC8, dst), 8)
+                if not movzx:
+                    return
                 if is_ereg(dst):  # movzwl eax, ax
                     e.emit3(0x45, 0x0F, 0xB7)
                 else:
@@ -845,6 +857,7 @@ class FuncJit:
     def _emit_atomic_insn(self, e: Emitter, insn: isa.Insn, dst: int, src: int) -> None:
         size = insn.opcode & 0x18
         imm = insn.imm
+        rex_w = self.opts.has("atomic32-as-64")
         if imm in (isa.AND | isa.FETCH, isa.OR | isa.FETCH, isa.XOR | isa.FETCH):
             from .encoder import BPF_REG_AX
 
@@ -860,16 +873,18 @@ class FuncJit:
             e.mov_reg(is64, AUX_REG, 0)
             e.maybe_emit_mod(AUX_REG, real_src, is64)
             e.emit2(SIMPLE_ALU[imm & 0xF0], add_2reg(0xC0, AUX_REG, real_src))
-            e.atomic(isa.CMPXCHG, real_dst, AUX_REG, insn.off, size)
+            e.atomic(isa.CMPXCHG, real_dst, AUX_REG, insn.off, size, rex_w=rex_w)
             e.emit2(X86_JNE, -(len(e) - branch_target) - 2)
             e.mov_reg(is64, real_src, 0)
             e.mov_reg(True, 0, BPF_REG_AX)
             return
-        e.atomic(imm, dst, src, insn.off, size)
+        e.atomic(imm, dst, src, insn.off, size, rex_w=rex_w)
 
     def _emit_cmp(self, e: Emitter, insn: isa.Insn, dst: int, src: int, is64: bool) -> int:
         code, op = insn.opcode, insn.opcode & 0xF0
         imm32 = insn.imm
+        if op == isa.JSET and self.opts.has("jmp32-jset-64bit"):
+            is64 = True  # REX.W on the test: bits 32-63 count
         if code & isa.X:
             e.maybe_emit_mod(dst, src, is64)
             e.emit2(0x85 if op == isa.JSET else 0x39, add_2reg(0xC0, dst, src))
@@ -896,7 +911,10 @@ class FuncJit:
             isa.JSGT: X86_JG,
             isa.JSLT: X86_JL,
             isa.JSGE: X86_JGE,
-            isa.JSLE: X86_JLE,
+            # fault "jmp32-jsle-unsigned": JMP32's s<= takes the unsigned jbe
+            isa.JSLE: X86_JBE
+            if code & 0x07 == isa.JMP32 and self.opts.has("jmp32-jsle-unsigned")
+            else X86_JLE,
         }[op]
 
 

@@ -248,13 +248,14 @@ class Emitter:
             self.emit1(add_1mod(0x40, dst))
         self.emit1_off32(add_1reg(0xB8, dst), imm32)
 
-    def mov_imm64(self, dst: int, imm32_hi: int, imm32_lo: int) -> None:
-        """emit_mov_imm64()"""
+    def mov_imm64(self, dst: int, imm32_hi: int, imm32_lo: int, *, zext: bool = True) -> None:
+        """emit_mov_imm64(); ``zext=False`` is fault "ld-imm64-sign-extends"
+        (the u32 path sign-propagates)."""
         hi, lo = imm32_hi & 0xFFFFFFFF, imm32_lo & 0xFFFFFFFF
         imm64 = (hi << 32) | lo
         signed = imm64 - (1 << 64) if imm64 >> 63 else imm64
         if is_uimm32(imm64):
-            self.mov_imm32(False, dst, lo)
+            self.mov_imm32(not zext, dst, lo)
         elif is_simm32(signed):
             self.mov_imm32(True, dst, lo)
         else:
@@ -271,15 +272,19 @@ class Emitter:
                 self.emit1(add_2mod(0x40, dst, src))
             self.emit2(0x89, add_2reg(0xC0, dst, src))
 
-    def movsx_reg(self, num_bits: int, is64: bool, dst: int, src: int) -> None:
-        """emit_movsx_reg()"""
+    def movsx_reg(
+        self, num_bits: int, is64: bool, dst: int, src: int, *, rex_w: bool = True
+    ) -> None:
+        """emit_movsx_reg(); ``rex_w=False`` is fault "movsx64-no-rexw" (the
+        64-bit forms get the 32-bit prefix)."""
         if is64:
+            rex = 0x48 if rex_w else 0x40
             if num_bits == 8:
-                self.emit4(add_2mod(0x48, src, dst), 0x0F, 0xBE, add_2reg(0xC0, src, dst))
+                self.emit4(add_2mod(rex, src, dst), 0x0F, 0xBE, add_2reg(0xC0, src, dst))
             elif num_bits == 16:
-                self.emit4(add_2mod(0x48, src, dst), 0x0F, 0xBF, add_2reg(0xC0, src, dst))
+                self.emit4(add_2mod(rex, src, dst), 0x0F, 0xBF, add_2reg(0xC0, src, dst))
             elif num_bits == 32:
-                self.emit3(add_2mod(0x48, src, dst), 0x63, add_2reg(0xC0, src, dst))
+                self.emit3(add_2mod(rex, src, dst), 0x63, add_2reg(0xC0, src, dst))
         else:
             if num_bits == 8:
                 self.emit4(add_2mod(0x40, src, dst), 0x0F, 0xBE, add_2reg(0xC0, src, dst))
@@ -310,20 +315,22 @@ class Emitter:
             self.emit2(add_2mod(0x48, src, dst), 0x8B)
         self.insn_suffix(src, dst, off)
 
-    def ldsx(self, size: int, dst: int, src: int, off: int) -> None:
-        """emit_ldsx()"""
+    def ldsx(self, size: int, dst: int, src: int, off: int, *, movzx: bool = False) -> None:
+        """emit_ldsx(); ``movzx=True`` is fault "ldsx-movzx" (emit_ldx's
+        0F B6/0F B7 for the byte and half-word loads)."""
         if size == isa.B:
-            self.emit3(add_2mod(0x48, src, dst), 0x0F, 0xBE)
+            self.emit3(add_2mod(0x48, src, dst), 0x0F, 0xB6 if movzx else 0xBE)
         elif size == isa.H:
-            self.emit3(add_2mod(0x48, src, dst), 0x0F, 0xBF)
+            self.emit3(add_2mod(0x48, src, dst), 0x0F, 0xB7 if movzx else 0xBF)
         elif size == isa.W:
             self.emit2(add_2mod(0x48, src, dst), 0x63)
         self.insn_suffix(src, dst, off)
 
-    def stx(self, size: int, dst: int, src: int, off: int) -> None:
-        """emit_stx()"""
+    def stx(self, size: int, dst: int, src: int, off: int, *, rex_8l: bool = True) -> None:
+        """emit_stx(); ``rex_8l=False`` is fault "stx-byte-no-rex" (is_ereg
+        where is_ereg_8l belongs: sil/dil/bpl become dh/bh/ch)."""
         if size == isa.B:
-            if is_ereg(dst) or is_ereg_8l(src):
+            if is_ereg(dst) or (is_ereg_8l(src) if rex_8l else is_ereg(src)):
                 self.emit2(add_2mod(0x40, dst, src), 0x88)
             else:
                 self.emit1(0x88)
@@ -341,10 +348,13 @@ class Emitter:
             self.emit2(add_2mod(0x48, dst, src), 0x89)
         self.insn_suffix(dst, src, off)
 
-    def atomic(self, atomic_op: int, dst: int, src: int, off: int, size: int) -> None:
-        """emit_atomic()"""
+    def atomic(
+        self, atomic_op: int, dst: int, src: int, off: int, size: int, *, rex_w: bool = False
+    ) -> None:
+        """emit_atomic(); ``rex_w=True`` is fault "atomic32-as-64" (REX.W on
+        32-bit atomics too)."""
         self.emit1(0xF0)  # lock prefix
-        self.maybe_emit_mod(dst, src, size == isa.DW)
+        self.maybe_emit_mod(dst, src, size == isa.DW or rex_w)
         if atomic_op in (isa.ADD, isa.AND, isa.OR, isa.XOR):
             self.emit1(SIMPLE_ALU[atomic_op])
         elif atomic_op == isa.ADD | isa.FETCH:

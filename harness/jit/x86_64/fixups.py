@@ -9,6 +9,8 @@ rewrites that change the JIT's output or the program's native behaviour:
 * ``call bpf_tail_call`` becomes ``BPF_JMP | BPF_TAIL_CALL`` (opcode 0xf5), with
   ``imm = poke index + 1`` when the key is a known constant (direct tail call,
   ``do_misc_fixups``) and 0 otherwise;
+* a 32-bit ``cmpxchg`` is followed by ``mov32 r0, r0`` (the zero extension
+  ``opt_subreg_zext_lo32_rnd_hi32`` adds for every JIT);
 * div/mod by a register get the divide-by-zero / -1 guards of
   ``do_misc_fixups`` (``[R,W]x div 0 -> 0``, ``mod 0 -> x``, ``sdiv -1`` ...);
   ``sdiv/smod`` by the constant -1 become ``neg`` / ``mov 0``;
@@ -300,6 +302,15 @@ def _div_patch(i: Insn) -> list[tuple[Insn, int | None]] | None:
     return p[:-2] if is64 else p
 
 
+def _cmpxchg_patch(i: Insn) -> list[tuple[Insn, int | None]] | None:
+    """opt_subreg_zext_lo32_rnd_hi32(): a 32-bit cmpxchg is followed by
+    BPF_ZEXT_REG(r0) (``mov32 r0, r0``, imm 1) on every JIT, needs_zext or not:
+    x86's cmpxchg leaves rax's upper half alone when the comparison succeeds."""
+    if i.opcode != isa.STX | isa.ATOMIC | isa.W or i.imm != isa.CMPXCHG:
+        return None
+    return [(i, None), (Insn(isa.ALU | isa.MOV | isa.X, 0, 0, 0, 1), None)]
+
+
 def _tail_call_reachable(funcs: list[XFunc]) -> None:
     """Which functions keep the tail-call counter: those with a tail call and
     those that (directly or not) call one. This is what 6.18.44 emits,
@@ -385,7 +396,7 @@ def translate(case: Case, prog: Program, *, private_stack_min: int = 64) -> XPro
                     entries.append((XInsn(i, pc, call=f"helper:{i.imm}"), None, None))
                 pc += 1
                 continue
-            patch = _div_patch(i)
+            patch = _div_patch(i) or _cmpxchg_patch(i)
             if patch is not None:
                 for p, _ in patch:
                     if isa.is_jump(p):
