@@ -47,7 +47,12 @@ from unicorn.unicorn_py3 import unicorn as _ucpy
 
 from harness.errors import JitdiffError
 from harness.formats import isa
-from harness.native.image import NativeFunc, NativeSystem
+from harness.native.image import (
+    PRIV_STACK_GUARD_SZ,
+    PRIV_STACK_GUARD_VAL,
+    NativeFunc,
+    NativeSystem,
+)
 from harness.outcome import Event, RunOutcome, Status, Violation, Where
 from harness.reference.helpers import BPF_THROW, HELPERS, TAIL_CALL, MapState, call_helper
 from harness.reference.profile import LINUX, Profile
@@ -395,12 +400,15 @@ class _Run:
     expect_cb: int | None = None
     stop: tuple[Status, Where | None, str] | None = None
     mem_violations: int = 0
+    #: private-stack guards a write hook already reported
+    guards_hit: set[str] = field(default_factory=set)
     blocks_insns: int = 0
     #: lowest rsp seen at a function entry (the deepest native call chain)
     low_rsp: int = 1 << 64
 
 
 _MAX_MEM_VIOLATIONS = 16
+_GUARD = PRIV_STACK_GUARD_VAL.to_bytes(PRIV_STACK_GUARD_SZ, "little")
 
 
 class Executor:
@@ -456,6 +464,8 @@ class Executor:
         self._lowest = _LOWEST_POINTER
         self._highest = _LOWEST_POINTER
         self._frame_ranges: list[tuple[int, int]] = []
+        #: private-stack guards: (address, what), planted before every run
+        self._guards: list[tuple[int, str, str]] = []  # (address, side, what)
         self._native: NativeSystem | None = None
         self._case: Case | None = None
         self._lockstep = False
@@ -561,6 +571,21 @@ class Executor:
             need(addr, lay.array_ptrs + size, R | W, f"map {name}")
         for addr, size in native.percpu_regions:
             need(addr, size, R | W, "per-cpu area")
+        self._guards = []
+        for k, (addr, size) in enumerate(native.private_stacks):
+            top = addr + size - PRIV_STACK_GUARD_SZ
+            for side, g in (("overflow", addr), ("underflow", top)):
+                what = f"the {side} guard of private stack {k} ({g:#x})"
+                self._guards.append((g, side, what))
+                protected.append((g, g + PRIV_STACK_GUARD_SZ, what))
+            # the rest of the area's last page belongs to no BPF frame: a
+            # frame placed too low by more than a guard writes there
+            end, page_end = addr + size, (addr + size + PAGE - 1) & ~(PAGE - 1)
+            if page_end > end and not any(
+                a < page_end and end < a + n for a, n in native.percpu_regions
+            ):
+                what = f"per-cpu memory after private stack {k}, which no BPF frame owns"
+                protected.append((end, page_end, what))
         self._lowest = min([_LOWEST_POINTER] + [a for a, _ in native.percpu_regions])
         #: where BPF frames can live: the host stack and the private stacks
         self._frame_ranges = [(STACK_BASE, STACK_TOP)] + [
@@ -814,6 +839,8 @@ class Executor:
         self._stack[STACK_SIZE - 8 :] = SENTINEL.to_bytes(8, "little")
         for addr, size in native.percpu_regions:
             raw.write(addr, bytes(size))
+        for addr, _, _ in self._guards:  # priv_stack_init_guard()
+            raw.write(addr, _GUARD)
         raw.write(GS_SLOT, bytes(8))
         regs = {r: _ENTRY_GARBAGE | (i << 8) for i, r in enumerate(_REG_NAMES[:-1])}
         regs.update(CALLEE_SAVED_SENTINELS)
@@ -872,6 +899,7 @@ class Executor:
             out.detail += f" (during a tail call attempt at {t.where}: index {t.index})"
         if self.exact_steps:
             out.steps = run.blocks_insns
+        self._check_guards(run)
         try:
             out.maps = self.map_contents()
         except _Fault:  # pragma: no cover - maps are always mapped
@@ -894,6 +922,23 @@ class Executor:
         self._check_host(run, where, regs, STACK_TOP, tuple(CALLEE_SAVED_SENTINELS.values()))
         run.events.append(Event("exit", where, (rax,)))
         out.retval = rax
+
+    def _check_guards(self, run: _Run) -> None:
+        """priv_stack_check_guard() after every run; a guard a write hook
+        already reported (with the writing instruction) is not repeated, so
+        this catches what bypasses the hooks (helper models writing memory)."""
+        for addr, side, what in self._guards:
+            got = self.raw.read(addr, PRIV_STACK_GUARD_SZ)
+            if got != _GUARD and what not in run.guards_hit:
+                run.violations.append(
+                    Violation(
+                        "stack",
+                        Where(run.entry, "main", 0),
+                        f"private stack {side} guard clobbered: {what} is "
+                        f"{int.from_bytes(got, 'little'):#x} after the run, "
+                        f"not {PRIV_STACK_GUARD_VAL:#x}",
+                    )
+                )
 
     def _check_host(self, run: _Run, where, regs, rsp: int, saved: tuple[int, ...]) -> None:
         if regs[RSP] == rsp and _CSR_GET(regs) == saved:
@@ -1000,13 +1045,15 @@ class Executor:
             return
         run.mem_violations += 1
         rip = self.raw.regs()[RIP]
-        run.violations.append(
-            Violation(
-                "memory",
-                self._locate(rip, exact=True),
-                f"write of {size} bytes to {what} at {address:#x} (physical) by {rip:#x}",
-            )
-        )
+        where = self._locate(rip, exact=True)
+        detail = f"write of {size} bytes to {what} at {address:#x} (physical) by {rip:#x}"
+        for _, side, guard in self._guards:
+            if guard == what:  # the kind first: it is the divergence's signature
+                run.guards_hit.add(what)
+                detail = f"private stack {side} guard clobbered: {detail}"
+                run.violations.append(Violation("stack", where, detail))
+                return
+        run.violations.append(Violation("memory", where, detail))
 
     def _on_block_raw(self, handle, address, size, user_data) -> None:
         run = self._run

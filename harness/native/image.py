@@ -13,7 +13,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["NativeFunc", "PokeSite", "NativeProg", "NativeSystem", "Layout", "KERNEL_LAYOUT"]
+__all__ = [
+    "NativeFunc",
+    "PokeSite",
+    "NativeProg",
+    "NativeSystem",
+    "Layout",
+    "KERNEL_LAYOUT",
+    "PRIV_STACK_GUARD_SZ",
+    "PRIV_STACK_GUARD_VAL",
+]
+
+#: arch/x86/net/bpf_jit_comp.c: the guards around every private stack
+PRIV_STACK_GUARD_SZ = 8
+PRIV_STACK_GUARD_VAL = 0xEB9F12345678EB9F
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,12 @@ class NativeSystem:
     this_cpu_off: int = 0
     #: private-stack areas: (address, size) regions the code may use via r9
     percpu_regions: list[tuple[int, int]] = field(default_factory=list)
+    #: private stacks as the kernel allocates them, (priv_stack_ptr, size):
+    #: ``round_up(depth, 8)`` bytes of frame between two 8-byte guards, the
+    #: overflow guard first (``priv_stack_init_guard``); the executor plants
+    #: and checks them. Empty where the extents are unknown (the kernel
+    #: engine: an image does not tell a private stack's depth).
+    private_stacks: list[tuple[int, int]] = field(default_factory=list)
     #: the code calls every helper through its stub (the model JIT): the
     #: executor then needs no hooks around helper calls to notice an inlined
     #: one (the real JIT inlines array lookups and smp_processor_id)

@@ -473,3 +473,70 @@ def test_garbage_left_by_a_helper_is_not_a_valid_pointer():
 def test_ctx_is_passed_in_rdi():
     (out,) = run1(*one_insn_prog("mov rax, rdi"))
     assert out.retval == CTX_ADDR
+
+
+# ---- private-stack guards ------------------------------------------------------------
+
+#: one private stack of 64 bytes as the kernel allocates it: 8 bytes of
+#: overflow guard, the frame, 8 bytes of underflow guard; the JIT's frame
+#: pointer is priv_stack_ptr + 8 + 64, the underflow guard's address
+PRIV = 0xFFFF_8881_2000_0000
+PRIV_SIZE = 8 + 64 + 8
+PRIV_FP = PRIV + 8 + 64
+THIS_CPU_OFF = 0xFFFF_FFFF_8200_0000
+#: PRIV_STACK_GUARD_VAL of arch/x86/net/bpf_jit_comp.c
+GUARD = 0xEB9F12345678EB9F
+
+
+def private_stack_prog(store: str):
+    """raw_tp main with a private stack: r10 is r9; ``store`` writes rdi somewhere."""
+    pro = f"{PLAIN}; movabs r9, {PRIV_FP:#x}; add r9, qword ptr gs:[{THIS_CPU_OFF & 0xFFFFFFFF:#x}]"
+    f = asm_func("main", 0, CODE, pro, [store, "xor eax, eax", EXIT], private_stack=True)
+    native = system([prog("p", [f])])
+    native.this_cpu_off = THIS_CPU_OFF
+    native.percpu_regions = [(PRIV, PRIV_SIZE)]
+    native.private_stacks = [(PRIV, PRIV_SIZE)]
+    case = Case({"p": Program("p", "raw_tp", [mov64(0, 0), mov64(0, 0), EXIT_INSN])})
+    return case, native
+
+
+def guard_violations(out):
+    return [v for v in out.violations if v.oracle == "stack"]
+
+
+def test_guards_sit_around_the_frame_and_survive_a_clean_run():
+    case, native = private_stack_prog("mov qword ptr [r9 - 64], rdi")  # the deepest slot
+    ex = Executor()
+    (out,) = ex.run_case(case, native)
+    assert out.status is Status.OK and not out.violations
+    assert ex.read(PRIV, 8) == GUARD.to_bytes(8, "little")
+    assert ex.read(PRIV_FP, 8) == GUARD.to_bytes(8, "little")
+    assert ex.read(PRIV_FP - 64, 8) == CTX_ADDR.to_bytes(8, "little")
+
+
+@pytest.mark.parametrize(
+    ("store", "side"),
+    [("mov qword ptr [r9 - 72], rdi", "overflow"), ("mov byte ptr [r9], dil", "underflow")],
+)
+def test_a_clobbered_guard_is_reported_once_with_its_side_and_writer(store, side):
+    case, native = private_stack_prog(store)
+    (out,) = run1(case, native)
+    assert out.status is Status.OK and out.retval == 0  # nothing the program reads changed
+    (v,) = guard_violations(out)
+    assert v.detail.startswith(f"private stack {side} guard clobbered")
+    assert (v.where.prog, v.where.pc) == ("p", 0)
+
+
+def test_a_write_past_the_underflow_guard_hits_memory_no_frame_owns():
+    case, native = private_stack_prog("mov qword ptr [r9 + 8], rdi")
+    (out,) = run1(case, native)
+    assert not guard_violations(out)
+    mem = [v for v in out.violations if v.oracle == "memory"]
+    assert mem and "no BPF frame owns" in mem[0].detail and mem[0].where.pc == 0
+
+
+def test_guards_are_planted_again_before_every_run():
+    case, native = private_stack_prog("mov qword ptr [r9 - 72], rdi")
+    case = Case(case.programs, steps=[Step("run", "p"), Step("run", "p")])
+    first, second = run1(case, native)
+    assert len(guard_violations(first)) == len(guard_violations(second)) == 1

@@ -35,7 +35,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from harness.errors import CaseError, Unsupported
-from harness.native.image import KERNEL_LAYOUT, NativeFunc, NativeProg, NativeSystem, PokeSite
+from harness.native.image import (
+    KERNEL_LAYOUT,
+    PRIV_STACK_GUARD_SZ,
+    NativeFunc,
+    NativeProg,
+    NativeSystem,
+    PokeSite,
+)
 from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 
@@ -83,7 +90,6 @@ SYMBOL_BASE = 0xFFFFFFFF81000000
 THIS_CPU_OFF = 0xFFFFFFFF82000000
 PERCPU_BASE = 0xFFFF888120000000
 PAGE = 0x1000
-PRIV_STACK_GUARD_SZ = 8
 
 #: Tail-call designs ``Variant.design`` can select (codegen module doc).
 DESIGNS: dict[str, str] = {
@@ -441,6 +447,7 @@ def compile_system(
         layout=layout,
         this_cpu_off=THIS_CPU_OFF if any_percpu else 0,
         percpu_regions=regions,
+        private_stacks=list(regions),
         helpers_never_inlined=True,
     )
 
