@@ -22,6 +22,8 @@ the inline retpoline, those offsets equal the ones the model gets from its
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from bpf_builder import (
     alu,
@@ -40,7 +42,8 @@ from bpf_builder import (
     stx,
 )
 
-from harness.formats import isa
+from harness.campaign.runner import Runner, expectation_failures
+from harness.formats import casefile, isa
 from harness.jit.x86_64 import (
     DESIGNS,
     FAULT_SYMPTOMS,
@@ -52,6 +55,7 @@ from harness.jit.x86_64 import (
 )
 from harness.native.image import NativeSystem
 from harness.system import Case, MapDef, Program
+from oracles import Verdict
 
 
 def ret(name, value):
@@ -481,6 +485,130 @@ def test_stale_poke_leaves_the_target_on_jmp_to_jmp():
     assert poke_transition(s, site, "p2", None, v) == poke_transition(s, site, "p2", None)
 
 
+# ---- instruction-set faults ------------------------------------------------------------
+#
+# One corpus case per fault (corpus/isa/, corpus/private_stack/deepest_slot.case):
+# each states the right result, worked out by hand in its comment, and
+# tests/test_corpus.py checks it on the interpreter, the model and the host
+# kernel (its JIT images and natively). Here: the faulted function differs from
+# the right one in exactly the hand-encoded bytes of the faulty emission point,
+# the right model agrees with the reference on the case, the faulted one does not.
+
+CORPUS = Path(__file__).resolve().parents[2] / "corpus"
+
+#: fault -> (case, right bytes, faulted bytes) of the instruction the fault touches
+ISA_FAULTS = {
+    # mov edi, 0xffffffff -> mov rdi, imm32 (sign-extending)
+    "mov32-imm-sign-extended": ("isa/mov32_imm_zero_extends", "bfffffffff", "48c7c7ffffffff"),
+    # mov edi, 0x80000000 -> mov rdi, imm32
+    "ld-imm64-sign-extends": ("isa/ld_imm64_u32", "bf00000080", "48c7c700000080"),
+    # movsx rax, dil -> movsx eax, dil
+    "movsx64-no-rexw": ("isa/movsx64_byte", "480fbec7", "400fbec7"),
+    # movsx rax, byte [rbp-8] -> movzx rax, byte [rbp-8]
+    "ldsx-movzx": ("isa/ldsx_byte", "480fbe45f8", "480fb645f8"),
+    # cqo; idiv rsi -> xor edx, edx; idiv rsi
+    "sdiv-zero-extends-dividend": ("isa/sdiv_negative_dividend", "4899 48f7fe", "31d2 48f7fe"),
+    # (the zero-divisor guard's ja over the division, 3 bytes shorter)
+    # push rax; push rdx; mov r11, rdx; mov rax, rdi; xor edx, edx; div r11
+    #   -> push rax; push rdx; mov rax, rdi; xor edx, edx; div rdx
+    "div-src-rdx-not-saved": (
+        "isa/div_by_r3",
+        "eb12 50 52 4989d3 4889f8 31d2 49f7f3",
+        "eb0f 50 52 4889f8 31d2 48f7f2",
+    ),
+    # shlx edi, edi, esi (VEX.W=0) -> shlx rdi, rdi, rsi (VEX.W=1)
+    "shift32-by-reg-as-64": ("isa/shift32_by_reg", "c4e249f7ff", "c4e2c9f7ff"),
+    # ror di, 8; movzx edi, di -> ror di, 8
+    "bswap16-no-movzx": ("isa/be16_truncates", "66c1cf08 0fb7ff", "66c1cf08"),
+    # lock add dword [rbp-8], edi -> lock add qword [rbp-8], rdi
+    "atomic32-as-64": ("isa/atomic32_add_wraps", "f0017df8", "f048017df8"),
+    # mov byte [rbp-8], dil -> mov byte [rbp-8], bh
+    "stx-byte-no-rex": ("isa/byte_store_from_r1", "40887df8", "887df8"),
+    # cmp edi, 1; jle +5 -> cmp edi, 1; jbe +5
+    "jmp32-jsle-unsigned": ("isa/jmp32_jsle_signed", "83ff01 7e05", "83ff01 7605"),
+    # test edi, edi; jne +5 -> test rdi, rdi; jne +5
+    "jmp32-jset-64bit": ("isa/jmp32_jset_low_half", "85ff 7505", "4885ff 7505"),
+    # mov edi, edi; mov rax, rdi -> mov rax, rdi
+    "mov32-self-elided": ("isa/mov32_self_zero_extends", "89ff 4889f8", "4889f8"),
+    # je +2; jmp +5; mov eax, 2 -> je +0; mov eax, 2
+    "gotol-uses-off": ("isa/gotol_skips", "7402 eb05 b802000000", "7400 b802000000"),
+    # movabs r9, area + 8 + 64 -> movabs r9, area + 64
+    "priv-stack-8-low": (
+        "private_stack/deepest_slot",
+        "49b9" + (0xFFFF888120000000 + 72).to_bytes(8, "little").hex(),
+        "49b9" + (0xFFFF888120000000 + 64).to_bytes(8, "little").hex(),
+    ),
+}
+
+
+def isa_case(fault: str) -> Case:
+    return casefile.load(CORPUS / f"{ISA_FAULTS[fault][0]}.case")
+
+
+def only_the_emission_point_differs(fault: str, good: bytes, bad: bytes) -> None:
+    """``bad`` is ``good`` with the fault's bytes swapped in, up to the last
+    4 bytes: the rel32 of the jmp to the return thunk, which moves with the
+    function's length."""
+    _, old, new = ISA_FAULTS[fault]
+    old, new = bytes.fromhex(old.replace(" ", "")), bytes.fromhex(new.replace(" ", ""))
+    assert good.count(old) == 1, good.hex()
+    assert good[-5] == bad[-5] == 0xE9
+    assert good.replace(old, new)[:-4] == bad[:-4], bad.hex()
+
+
+def test_every_isa_fault_has_a_case_that_names_it():
+    assert set(ISA_FAULTS) <= set(FAULTS)
+    for fault in ISA_FAULTS:
+        text = (CORPUS / f"{ISA_FAULTS[fault][0]}.case").read_text()
+        assert f"x86_64+{fault}" in text
+
+
+@pytest.mark.parametrize("fault", sorted(ISA_FAULTS))
+def test_isa_fault_changes_exactly_its_emission_point(fault):
+    case = isa_case(fault)
+    good = compiled(case).progs["p"].funcs[0].code
+    bad = compiled(case, fault).progs["p"].funcs[0].code
+    only_the_emission_point_differs(fault, good, bad)
+    same_without_feature(indirect_case(), fault)
+
+
+@pytest.mark.parametrize("fault", sorted(ISA_FAULTS))
+def test_isa_fault_is_found_by_its_case_and_the_right_model_is_not(fault):
+    case = isa_case(fault)
+    result = Runner(["x86_64", f"x86_64+{fault}"]).check(case)
+    assert not expectation_failures(case, result.reference.runs)
+    verdict, divergence, _ = result.candidates["x86_64"]
+    assert verdict is Verdict.AGREE, str(divergence)
+    verdict, divergence, _ = result.candidates[f"x86_64+{fault}"]
+    assert verdict is Verdict.DIVERGE
+    assert divergence.oracle in FAULT_SYMPTOMS[fault], str(divergence)
+
+
+@pytest.mark.parametrize("fault", sorted(ISA_FAULTS))
+def test_isa_faults_apply_to_the_510_design(fault):
+    case = isa_case(fault)
+    good = compile_system(case, variant=V510).progs["p"].funcs[0].code
+    bad = compile_system(case, variant=V510.with_faults(fault)).progs["p"].funcs[0].code
+    only_the_emission_point_differs(fault, good, bad)
+
+
+def test_cmpxchg32_is_followed_by_the_verifiers_zero_extension():
+    # opt_subreg_zext_lo32_rnd_hi32() adds mov32 r0, r0 after every 32-bit
+    # cmpxchg; the host kernel's image has lock cmpxchg [rbp-8], edi; mov eax, eax
+    p = prog(
+        "p",
+        stx(isa.DW, 10, 1, -8),
+        [isa.Insn(isa.STX | isa.ATOMIC | isa.W, 10, 1, -8, isa.CMPXCHG)],
+        exit_(),
+    )
+    code = compiled(Case({"p": p})).progs["p"].funcs[0].code
+    assert bytes.fromhex("f00fb17df8 89c0 c9") in code
+    assert (
+        bytes.fromhex("89c0")
+        not in compiled(Case({"p": p}), "mov32-self-elided").progs["p"].funcs[0].code
+    )
+
+
 # ---- the linux-5.10 design -------------------------------------------------------------
 
 # emit_prologue(), v5.10:
@@ -634,7 +762,9 @@ def test_510_keeps_everything_else():
     sorted(
         f
         for f in FAULTS
-        if not f.startswith("tcc-") and f not in ("stale-poke", "poke-bypass-not-restored")
+        if not f.startswith("tcc-")
+        and f not in ("stale-poke", "poke-bypass-not-restored")
+        and f not in ISA_FAULTS
     ),
 )
 def test_shared_faults_apply_to_the_510_design(fault):
