@@ -335,6 +335,11 @@ class _FuncInfo:
     func: NativeFunc
     end: int
     label: str = ""
+    #: bytes the prologue pushes and allocates from the function's first byte
+    #: (``drop``) and from its tail-call entry (``tc_drop``) to its first BPF
+    #: instruction; None where rsp is not relative (an exception callback)
+    drop: int | None = None
+    tc_drop: int | None = None
 
 
 # Actions at a hooked address, run in this order when several share one.
@@ -405,9 +410,14 @@ class _Run:
     blocks_insns: int = 0
     #: lowest rsp seen at a function entry (the deepest native call chain)
     low_rsp: int = 1 << 64
+    #: lowest rsp a function body ran at (entry rsp less the prologue's drop)
+    low_body: int = 1 << 64
 
 
 _MAX_MEM_VIOLATIONS = 16
+#: bytes a function body writes below its rsp: push r9 and a return address
+#: around a call, or push rax and push rdx around a division
+_STACK_SLACK = 16
 _GUARD = PRIV_STACK_GUARD_VAL.to_bytes(PRIV_STACK_GUARD_SZ, "little")
 
 
@@ -665,6 +675,10 @@ class Executor:
             prog = case.programs.get(fi.prog)
             f = fi.func
             fi.label = prog.function_name(f.start_pc) if prog else f.name
+            if f.insn_addrs:
+                fi.drop = _prologue_drop(f, f.address)
+                if fi.index == 0:
+                    fi.tc_drop = _prologue_drop(f, native.progs[fi.prog].tail_call_entry)
             add(f.address, A_ENTRY, fi)
             if f.private_stack and f.insn_addrs and f.insn_addrs[0] != f.address:
                 add(f.insn_addrs[0], A_FP, fi)
@@ -900,6 +914,8 @@ class Executor:
         if self.exact_steps:
             out.steps = run.blocks_insns
         self._check_guards(run)
+        if out.status is Status.OK:
+            self._check_below_frames(run)
         try:
             out.maps = self.map_contents()
         except _Fault:  # pragma: no cover - maps are always mapped
@@ -939,6 +955,34 @@ class Executor:
                         f"not {PRIV_STACK_GUARD_VAL:#x}",
                     )
                 )
+
+    def _check_below_frames(self, run: _Run) -> None:
+        """No write below the deepest frame, into host stack no frame owns.
+
+        Below the lowest rsp a function body ran at, only two more slots are
+        ever written: r9 pushed and a return address around a call, or rax
+        and rdx pushed around a division (``_STACK_SLACK``). The stack is
+        zeroed before the run, so anything non-zero deeper was written by
+        something else: a frame placed too low, a write below rsp. A write of
+        zeros there stays unseen (a write hook over the stack would see it,
+        but runs Python for every push: it doubled the emulation time)."""
+        if not STACK_BASE < run.low_body < STACK_TOP:
+            return  # no frame, or one of unknown extent (low_body -1)
+        floor = run.low_body - _STACK_SLACK - STACK_BASE
+        if floor <= 0:
+            return  # at the guard page: the overflow is reported as such
+        dirty = len(bytes(self._stack[:floor]).rstrip(b"\0"))
+        if dirty:
+            at = STACK_BASE + dirty - 1
+            run.violations.append(
+                Violation(
+                    "stack",
+                    Where(run.entry, "main", 0),
+                    f"write below every frame: host stack byte {at:#x} is set, "
+                    f"{run.low_body - at} bytes below the lowest rsp of a function body "
+                    f"({run.low_body:#x})",
+                )
+            )
 
     def _check_host(self, run: _Run, where, regs, rsp: int, saved: tuple[int, ...]) -> None:
         if regs[RSP] == rsp and _CSR_GET(regs) == saved:
@@ -1139,6 +1183,10 @@ class Executor:
     def _on_entry(self, run: _Run, regs: list[int], address: int, fi: _FuncInfo) -> None:
         rsp = regs[RSP]
         run.low_rsp = min(run.low_rsp, rsp)
+        if fi.drop is not None:
+            run.low_body = min(run.low_body, rsp - fi.drop)
+        elif run.expect_cb != fi.func.address:
+            run.low_body = -1  # a frame of unknown extent: no floor this run
         if run.pending_call is not None:
             rec, run.pending_call = run.pending_call, None
             rec.call_sp = rsp + 8
@@ -1169,6 +1217,11 @@ class Executor:
             return  # the normal path: the prologue falls through the tail-call entry
         # tail calls enter after `push rbp; mov rbp, rsp`: rbp is the caller's
         # frame base, which the target keeps (rsp == rbp here)
+        fi = self._fi_of[(prog, 0)]
+        if fi.tc_drop is not None:
+            run.low_body = min(run.low_body, regs[RSP] - fi.tc_drop)
+        else:
+            run.low_body = -1
         self._tail_taken(run, regs, prog, regs[RBP], None)
 
     def _tail_taken(
@@ -1412,6 +1465,84 @@ class _ReadOnly:
 
 # ---------------------------------------------------------------------------
 # Stubs
+
+
+def _prologue_drop(f: NativeFunc, start: int) -> int | None:
+    """How far rsp moves down from ``start`` to the function's first BPF
+    instruction, following the prologue's jumps (the tail-call counter set-up
+    branches); None if the prologue sets rsp outright (an exception callback)
+    or holds an instruction no 6.x x86-64 prologue has. Memoised by bytes."""
+    body = f.insn_addrs[0] - f.address
+    key = (bytes(f.code[:body]), start - f.address)
+    drop = _DROPS.get(key, -1)
+    if drop == -1:
+        if len(_DROPS) >= 4096:  # kernel images: per-cpu addresses differ per load
+            _DROPS.clear()
+        drop = _DROPS[key] = _walk_prologue(*key)
+    return drop
+
+
+#: the instructions of emit_prologue / emit_priv_frame_ptr: leading bytes ->
+#: (length, how far rsp moves down); "jmp" for jmp rel8, "imm32" for sub rsp
+_PROLOGUE_INSNS: dict[bytes, tuple[int, int | str]] = {
+    **{
+        nop: (len(nop), 0)
+        for nop in (
+            b"\x90",
+            b"\x66\x90",
+            b"\x0f\x1f\x00",
+            b"\x0f\x1f\x40\x00",
+            b"\x0f\x1f\x44\x00\x00",
+            b"\x66\x0f\x1f\x44\x00\x00",
+            b"\x0f\x1f\x80\x00\x00\x00\x00",
+            b"\x0f\x1f\x84\x00\x00\x00\x00\x00",
+            b"\xf3\x0f\x1e\xfa",  # endbr64
+        )
+    },
+    b"\x48\x31\xc0": (3, 0),
+    b"\x31\xc0": (2, 0),  # xor rax, rax / eax, eax
+    b"\x55": (1, 8),
+    b"\x50": (1, 8),
+    b"\x53": (1, 8),  # push rbp / rax / rbx
+    b"\x41\x54": (2, 8),
+    b"\x41\x55": (2, 8),
+    b"\x41\x56": (2, 8),
+    b"\x41\x57": (2, 8),
+    b"\x48\x89\xe5": (3, 0),
+    b"\x48\x89\xe0": (3, 0),  # mov rbp, rsp / rax, rsp
+    b"\x48\x81\xec": (7, "imm32"),  # sub rsp, imm32
+    b"\x48\x83\xf8": (4, 0),  # cmp rax, imm8
+    b"\x77": (2, 0),  # ja rel8: both ways meet again
+    b"\xeb": (2, "jmp"),
+    b"\x49\xb9": (10, 0),  # movabs r9, imm64
+    b"\x65\x4c\x03\x0c\x25": (9, 0),  # add r9, gs:[disp32]
+}
+_PROLOGUE_LEADS = sorted({len(k) for k in _PROLOGUE_INSNS}, reverse=True)
+
+
+def _walk_prologue(code: bytes, start: int) -> int | None:
+    pc, drop = start, 0
+    for _ in range(64):
+        if pc == len(code):
+            return drop
+        for n in _PROLOGUE_LEADS:
+            hit = _PROLOGUE_INSNS.get(code[pc : pc + n])
+            if hit is not None:
+                break
+        else:
+            return None
+        size, down = hit
+        if down == "imm32":
+            drop += int.from_bytes(code[pc + 3 : pc + 7], "little", signed=True)
+        elif down == "jmp":
+            pc += int.from_bytes(code[pc + 1 : pc + 2], "little", signed=True)
+        else:
+            drop += down
+        pc += size
+    return None
+
+
+_DROPS: dict[tuple[bytes, int], int | None] = {}
 
 
 def _stub_is_plain(sym: str) -> bool:

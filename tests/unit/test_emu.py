@@ -540,3 +540,39 @@ def test_guards_are_planted_again_before_every_run():
     case = Case(case.programs, steps=[Step("run", "p"), Step("run", "p")])
     first, second = run1(case, native)
     assert len(guard_violations(first)) == len(guard_violations(second)) == 1
+
+
+# ---- writes below every frame ------------------------------------------------------
+
+
+def sub_rsp(n: int) -> str:
+    """The JIT's sub rsp, imm32 (keystone would pick the imm8 form)."""
+    return ".byte 0x48, 0x81, 0xec, " + ", ".join(str(b) for b in n.to_bytes(4, "little"))
+
+
+def below_rsp_prog(prologue_tail: str, store: str):
+    # the kernel's nop3 (keystone makes `nop dword ptr [rax]` a prefetch)
+    pro = f"{NOP5}; .byte 0x0f, 0x1f, 0x00; push rbp; mov rbp, rsp; {prologue_tail}"
+    f = asm_func("main", 0, CODE, pro, [store, "xor eax, eax", EXIT])
+    case = Case({"p": Program("p", "raw_tp", [mov64(0, 0), mov64(0, 0), EXIT_INSN])})
+    return case, system([prog("p", [f])])
+
+
+def test_a_write_below_rsp_is_reported():
+    # push rbp; mov rbp, rsp; nothing allocated: [rsp - 64] belongs to no frame
+    (out,) = run1(*below_rsp_prog("nop", "mov qword ptr [rsp - 64], rdi"))
+    assert out.status is Status.OK
+    (v,) = guard_violations(out)
+    assert v.detail.startswith("write below every frame")
+    assert "57 bytes below" in v.detail  # the highest byte written: rsp - 57
+
+
+def test_a_frame_larger_than_its_allocation_is_reported():
+    # sub rsp, 8 but the body stores at rbp - 72: 64 bytes below the frame
+    (out,) = run1(*below_rsp_prog(sub_rsp(8), "mov qword ptr [rbp - 72], rdi"))
+    assert [v.detail.split(":")[0] for v in guard_violations(out)] == ["write below every frame"]
+
+
+def test_writes_inside_the_frame_are_not_reported():
+    (out,) = run1(*below_rsp_prog(sub_rsp(72), "mov qword ptr [rbp - 72], rdi"))
+    assert out.status is Status.OK and not out.violations
