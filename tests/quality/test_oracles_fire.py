@@ -118,6 +118,9 @@ def corpus(path: str) -> str:
         # sub's private frame is main's: main's fp-72 is 0x22 when copied out
         ("priv-stack-shared", SHARED_PRIVATE_STACK.format(tail=VIA_HELPER), "stack"),
         ("priv-stack-shared", SHARED_PRIVATE_STACK.format(tail=VIA_STORE), "memory"),
+        # the frame 8 bytes low: fp-64 is the overflow guard; the program
+        # reads back what it wrote, only the executor's guard check sees it
+        ("priv-stack-8-low", corpus("private_stack/deepest_slot.case"), "stack"),
     ],
 )
 def test_oracle_fires(fault: str, text: str, oracle: str):
