@@ -474,8 +474,8 @@ class Executor:
         self._lowest = _LOWEST_POINTER
         self._highest = _LOWEST_POINTER
         self._frame_ranges: list[tuple[int, int]] = []
-        #: private-stack guards: (address, what), planted before every run
-        self._guards: list[tuple[int, str, str]] = []  # (address, side, what)
+        #: private-stack guards, (address, side, what), planted before every run
+        self._guards: list[tuple[int, str, str]] = []
         self._native: NativeSystem | None = None
         self._case: Case | None = None
         self._lockstep = False
