@@ -107,14 +107,14 @@ def test_hierarchy_bug_shrinks_to_the_textbook_reproducer():
 #: a fault of each kind of symptom: counter arithmetic, host state, registers,
 #: memory (shrinking each takes a few seconds)
 SHRUNK = [
-    # today reduction ends on main = "call f1" falling through into the next
+    # reduction can end on main = "call f1" falling through into the next
     # function, which the verifier rejects and the interpreter still runs: the
-    # unfaulted model diverges too. Strict: it passes once the interpreter
-    # refuses such programs and reduction keeps the divergence's signature
-    # (issue 12), and the mark must go.
+    # unfaulted model diverges too. Whether it gets there depends on the
+    # shrinker's time budget (machine load), so not strict; the mark goes once
+    # the interpreter refuses such programs (issue 12)
     pytest.param(
         "tcc-limit-off-by-one",
-        marks=pytest.mark.xfail(strict=True, reason="reducer keeps a verifier-rejected program"),
+        marks=pytest.mark.xfail(strict=False, reason="reducer keeps a verifier-rejected program"),
     ),
     "missing-pop",
     "tail-call-clobbers-ctx",
