@@ -52,6 +52,9 @@ NEEDS_ISA_GENERATOR = {
     "jmp32-jset-64bit",
     "mov32-self-elided",
     "gotol-uses-off",
+    "shift32-by-0-elided",
+    "neg32-as-64",
+    "jmp-reg-operands-swapped",
 }
 
 

@@ -532,6 +532,12 @@ ISA_FAULTS = {
     "mov32-self-elided": ("isa/mov32_self_zero_extends", "89ff 4889f8", "4889f8"),
     # je +2; jmp +5; mov eax, 2 -> je +0; mov eax, 2
     "gotol-uses-off": ("isa/gotol_skips", "7402 eb05 b802000000", "7400 b802000000"),
+    # shl edi, 0; mov rax, rdi -> mov rax, rdi
+    "shift32-by-0-elided": ("isa/shift32_by_0", "c1e700 4889f8", "4889f8"),
+    # mov edi, 1; neg edi -> mov edi, 1; neg rdi
+    "neg32-as-64": ("isa/neg32", "bf01000000 f7df", "bf01000000 48f7df"),
+    # cmp rdi, rsi; ja +5 -> cmp rsi, rdi; ja +5
+    "jmp-reg-operands-swapped": ("isa/jmp_reg_compare", "4839f7 7705", "4839fe 7705"),
     # movabs r9, area + 8 + 64 -> movabs r9, area + 64
     "priv-stack-8-low": (
         "private_stack/deepest_slot",

@@ -181,6 +181,12 @@ FAULTS: dict[str, str] = {
     "cmpxchg32 and in mod32 patchlets) keeps bits 32-63",
     "gotol-uses-off": "jump offsets: BPF_JMP32 | BPF_JA (gotol) takes insn->off like "
     "BPF_JMP | BPF_JA instead of insn->imm; every gotol jumps to the next insn",
+    "shift32-by-0-elided": "shifts by immediate: a shift by 0 emits nothing (it moves no "
+    "bit), but the 32-bit shl/shr/sar by 0 is what zero-extends; w <<= 0 keeps bits 32-63",
+    "neg32-as-64": "negation: BPF_ALU | BPF_NEG gets REX.W (maybe_emit_1mod(.., true)); "
+    "w = -w negates all 64 bits",
+    "jmp-reg-operands-swapped": "register comparisons: the BPF_X conditional jumps emit cmp "
+    "src_reg, dst_reg (add_2reg's arguments swapped); every ordered comparison reads backwards",
 }
 
 #: Which oracle should fire first for each fault, and on what.
@@ -228,6 +234,10 @@ FAULT_SYMPTOMS: dict[str, str] = {
     "jmp32-jset-64bit": "control flow / retval: w & mask where only bits 32-63 overlap",
     "mov32-self-elided": "retval / registers: w = w on a value with bits 32-63 set",
     "gotol-uses-off": "control flow / retval: the insns a gotol skips run",
+    "shift32-by-0-elided": "retval / registers: w <<= 0 on a value with bits 32-63 set",
+    "neg32-as-64": "retval / registers: w = -w of a non-zero value",
+    "jmp-reg-operands-swapped": "control flow / retval: r1 > r2 (or <, s<, ...) on "
+    "unequal operands",
 }
 
 #: Faults of the 6.18 counter-pointer sequences; they have no meaning in 5.10's.

@@ -551,7 +551,8 @@ class FuncJit:
                 else:
                     e.movsx_reg(insn.off, is64, dst, src, rex_w=not opts.has("movsx64-no-rexw"))
             elif c in (isa.ALU, isa.ALU64) and op == isa.NEG:
-                e.maybe_emit_1mod(dst, is64)
+                # fault "neg32-as-64": REX.W on the 32-bit neg too
+                e.maybe_emit_1mod(dst, is64 or opts.has("neg32-as-64"))
                 e.emit2(0xF7, add_1reg(0xD8, dst))
             elif c in (isa.ALU, isa.ALU64) and op in (isa.ADD, isa.SUB, isa.AND, isa.OR, isa.XOR):
                 e.maybe_emit_1mod(dst, is64)
@@ -594,12 +595,15 @@ class FuncJit:
                 and op in (isa.LSH, isa.RSH, isa.ARSH)
                 and not code & isa.X
             ):
-                e.maybe_emit_1mod(dst, is64)
-                b3 = SIMPLE_ALU[op]
-                if imm32 == 1:
-                    e.emit2(0xD1, add_1reg(b3, dst))
+                if imm32 == 0 and opts.has("shift32-by-0-elided"):
+                    pass  # "a shift by 0 changes nothing": but shl edi, 0 zero-extends
                 else:
-                    e.emit3(0xC1, add_1reg(b3, dst), imm32)
+                    e.maybe_emit_1mod(dst, is64)
+                    b3 = SIMPLE_ALU[op]
+                    if imm32 == 1:
+                        e.emit2(0xD1, add_1reg(b3, dst))
+                    else:
+                        e.emit3(0xC1, add_1reg(b3, dst), imm32)
             elif c in (isa.ALU, isa.ALU64) and op in (isa.LSH, isa.RSH, isa.ARSH):
                 self._emit_shift_x(e, insn, dst, src, is64)
             elif c in (isa.ALU, isa.ALU64) and op == isa.END:
@@ -886,6 +890,8 @@ class FuncJit:
         if op == isa.JSET and self.opts.has("jmp32-jset-64bit"):
             is64 = True  # REX.W on the test: bits 32-63 count
         if code & isa.X:
+            if op != isa.JSET and self.opts.has("jmp-reg-operands-swapped"):
+                dst, src = src, dst  # cmp src_reg, dst_reg: the condition reads backwards
             e.maybe_emit_mod(dst, src, is64)
             e.emit2(0x85 if op == isa.JSET else 0x39, add_2reg(0xC0, dst, src))
         elif op == isa.JSET:
