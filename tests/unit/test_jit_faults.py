@@ -562,6 +562,12 @@ def only_the_emission_point_differs(fault: str, good: bytes, bad: bytes) -> None
     assert good.replace(old, new)[:-4] == bad[:-4], bad.hex()
 
 
+def test_jitdiff_mutants_measures_every_fault():
+    from harness.campaign.mutants import MUTANTS
+
+    assert {f"x86_64+{f}" for f in FAULTS} <= set(MUTANTS)
+
+
 def test_every_isa_fault_has_a_case_that_names_it():
     assert set(ISA_FAULTS) <= set(FAULTS)
     for fault in ISA_FAULTS:

@@ -3,7 +3,8 @@
 ``Variant`` selects what is emitted: the tail-call design (``DESIGNS``: the
 6.18 counter-pointer scheme, or the 2020 by-value scheme of ``linux-5.10``,
 see ``codegen``) and injected bugs (``FAULTS``, one or more per bug class of
-``bug-classes.md``; each changes bytes only in programs that use its feature).
+``bug-classes.md`` and per instruction family; each changes bytes only in
+programs that use its feature).
 
 ``compile_system`` runs a model of the verifier's rewrites (``fixups``), then a
 port of ``bpf_int_jit_compile``/``do_jit`` (``codegen``) for every function of
