@@ -1473,6 +1473,8 @@ def _prologue_drop(f: NativeFunc, start: int) -> int | None:
     branches); None if the prologue sets rsp outright (an exception callback)
     or holds an instruction no 6.x x86-64 prologue has. Memoised by bytes."""
     body = f.insn_addrs[0] - f.address
+    if body <= 0:
+        return None  # no prologue told apart from the body: extent unknown
     key = (bytes(f.code[:body]), start - f.address)
     drop = _DROPS.get(key, -1)
     if drop == -1:
