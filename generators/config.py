@@ -82,6 +82,18 @@ class Config:
     ctx_reads: bool = True
     #: branches on values the verifier cannot know (map values, ctx).
     conditionals: bool = True
+    #: every ALU form: each op in ALU and ALU64, immediate and register source,
+    #: signed div/mod, divisors 0 and -1 at run time, neg, movsx, le/be/bswap.
+    alu_ops: bool = True
+    #: JMP and JMP32 on every condition, immediate and register operands
+    #: (often equal at run time), else branches behind goto and gotol.
+    branches: bool = True
+    #: loads (sign-extending too) and stores of every size, every register as
+    #: destination, source and base, r10 stored as a value.
+    memory_ops: bool = True
+    #: every atomic (add/or/and/xor, fetching or not, xchg, cmpxchg), 32 and
+    #: 64 bit, on the stack and on map values.
+    atomics: bool = True
 
     def but(self, **changes) -> Config:
         return replace(self, **changes)

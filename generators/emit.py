@@ -75,8 +75,9 @@ class Fn:
         self.items.append(("jmp", opcode, dst, src or 0, 0 if src is not None else imm, label))
         self.size += 1
 
-    def goto(self, label: str) -> None:
-        self.items.append(("jmp", isa.JMP | isa.JA, 0, 0, 0, label))
+    def goto(self, label: str, *, long: bool = False) -> None:
+        """``goto label``; ``long``: gotol, whose offset is in imm (JMP32 | JA)."""
+        self.items.append(("jmp", (isa.JMP32 if long else isa.JMP) | isa.JA, 0, 0, 0, label))
         self.size += 1
 
     # ---- instructions -----------------------------------------------------
@@ -85,15 +86,28 @@ class Fn:
         self.alu(isa.MOV, dst, src, imm=imm, w64=w64)
 
     def alu(
-        self, op: int, dst: int, src: int | None = None, *, imm: int = 0, w64: bool = True
+        self,
+        op: int,
+        dst: int,
+        src: int | None = None,
+        *,
+        imm: int = 0,
+        w64: bool = True,
+        off: int = 0,
     ) -> None:
+        """``off``: 1 for signed div/mod, 8/16/32 for movsx."""
         cls = isa.ALU64 if w64 else isa.ALU
         if op == isa.NEG:
             self.insn(Insn(cls | isa.NEG, dst))
         elif src is None:
-            self.insn(Insn(cls | op | isa.K, dst, 0, 0, imm))
+            self.insn(Insn(cls | op | isa.K, dst, 0, off, imm))
         else:
-            self.insn(Insn(cls | op | isa.X, dst, src))
+            self.insn(Insn(cls | op | isa.X, dst, src, off))
+
+    def end(self, dst: int, width: int, kind: str) -> None:
+        """Byte order: ``le``/``be`` (ALU) or ``bswap`` (ALU64) of the low ``width`` bits."""
+        code = {"le": isa.ALU | isa.TO_LE, "be": isa.ALU | isa.TO_BE, "bswap": isa.ALU64}[kind]
+        self.insn(Insn(code | isa.END, dst, imm=width))
 
     def ldx(self, size: int, dst: int, src: int, off: int) -> None:
         self.insn(Insn(isa.LDX | isa.MEM | _SIZES[size], dst, src, off))
@@ -105,7 +119,15 @@ class Fn:
         self.insn(Insn(isa.ST | isa.MEM | _SIZES[size], dst, 0, off, imm))
 
     def atomic_add(self, size: int, dst: int, off: int, src: int) -> None:
-        self.insn(Insn(isa.STX | isa.ATOMIC | _SIZES[size], dst, src, off, isa.ADD))
+        self.atomic(size, dst, off, src, isa.ADD)
+
+    def atomic(self, size: int, dst: int, off: int, src: int, op: int) -> None:
+        """``op`` (an ``isa.ATOMIC_OPS`` key) on ``*(size *)(dst + off)`` with src."""
+        self.insn(Insn(isa.STX | isa.ATOMIC | _SIZES[size], dst, src, off, op))
+
+    def ldsx(self, size: int, dst: int, src: int, off: int) -> None:
+        """``dst = *(s8/s16/s32 *)(src + off)``, sign-extended to 64 bits."""
+        self.insn(Insn(isa.LDX | isa.MEMSX | _SIZES[size], dst, src, off))
 
     def helper(self, helper_id: int) -> None:
         self.insn(Insn(isa.JMP | isa.CALL, imm=helper_id))
@@ -156,5 +178,9 @@ def link(fns: list[Fn], map_index: dict[str, int]) -> tuple[list[Insn], dict[int
                 )
             elif kind == "jmp":
                 _, opcode, dst, src, imm, label = item
-                out.append(Insn(opcode, dst, src, labels[label] - (here + 1), imm))
+                delta = labels[label] - (here + 1)
+                if opcode == isa.JMP32 | isa.JA:
+                    out.append(Insn(opcode, imm=delta))
+                else:
+                    out.append(Insn(opcode, dst, src, delta, imm))
     return out, {pc: name for name, pc in starts.items()}

@@ -18,7 +18,8 @@ the verifier walks with everything inlined.
 
 from __future__ import annotations
 
-from generators import exceptions, helpers, stack, tail_calls
+from generators import exceptions, helpers, insns, stack, tail_calls
+from generators.edges import edge_u64
 from generators.emit import R0, R1, R2, R6, R7, R8, R9, R10, Fn
 from generators.plan import FnPlan, FnState, SystemPlan, imm32, round16
 from generators.values import emit_condition
@@ -59,7 +60,7 @@ def _alu(st: FnState) -> None:
 
 
 def _ld64(st: FnState) -> None:
-    st.fn.ld64(st.draw.choice(st.scalars), st.draw.integer(0, (1 << 64) - 1))
+    st.fn.ld64(st.draw.choice(st.scalars), edge_u64(st.draw))
 
 
 def _stack_store(st: FnState) -> None:
@@ -159,6 +160,20 @@ def _cond(st: FnState) -> None:
     st.fn.label(skip)
 
 
+def _branch(st: FnState) -> None:
+    """A branch on every condition; its bodies are the plain-code statements
+    this system has (never calls, see ``insns.emit_branch``)."""
+    body = [_PLAIN[k] for k in _PLAIN if st.sp.on(k) and k != "branches"]
+    insns.emit_branch(st, body or [_alu])
+
+
+_PLAIN = {
+    "alu_ops": insns.emit_alu,
+    "branches": _branch,
+    "memory_ops": insns.emit_memory,
+    "atomics": insns.emit_atomic,
+}
+
 _STATEMENTS = {
     "alu": _alu,
     "ld64": _ld64,
@@ -171,6 +186,7 @@ _STATEMENTS = {
     "ctx_read": _ctx_read,
     "throw": exceptions.emit_throw,
     "cond": _cond,
+    **_PLAIN,
 }
 
 
@@ -193,6 +209,7 @@ def _kinds(st: FnState) -> list[str]:
         kinds.append("throw")
     if sp.on("conditionals"):
         kinds.append("cond")
+    kinds += [k for k in _PLAIN if sp.on(k)]
     return kinds
 
 
@@ -210,7 +227,7 @@ def _prologue(st: FnState) -> None:
         if i < len(args):
             fn.mov(reg, args[i])
         elif draw.boolean(0.2):
-            fn.ld64(reg, draw.integer(0, (1 << 64) - 1))
+            fn.ld64(reg, edge_u64(draw))
         else:
             fn.mov(reg, imm=imm32(draw))
     for a in args[len(st.scalars) :]:

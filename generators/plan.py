@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 
 from generators.config import Config
 from generators.draw import Draw
+from generators.edges import edge_imm32
 from generators.emit import R6, R7, R8, R9, Fn
 
 __all__ = ["SystemPlan", "FnPlan", "FnState", "round16", "imm32"]
 
 
 def imm32(draw: Draw) -> int:
-    """A signed 32-bit immediate; simplest 0."""
-    v = draw.integer(0, 0xFFFFFFFF)
-    return v - (1 << 32) if v >> 31 else v
+    """A signed 32-bit immediate aimed at the edges (see generators.edges);
+    simplest 0."""
+    return edge_imm32(draw)
 
 
 def round16(n: int) -> int:

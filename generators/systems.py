@@ -15,6 +15,7 @@ from hypothesis.control import currently_in_test_context, event
 from generators import functions, tail_calls
 from generators.config import FEATURES, Config
 from generators.draw import Draw, HypothesisDraw, RandomDraw
+from generators.edges import edge_bytes
 from generators.emit import link
 from generators.plan import FnPlan, SystemPlan
 from harness.system import Case, MapDef, Program
@@ -68,10 +69,6 @@ def draw_features(draw: Draw, config: Config) -> frozenset[str]:
     return frozenset(on)
 
 
-def _random_bytes(draw: Draw, n: int) -> bytes:
-    return draw.integer(0, (1 << (8 * n)) - 1).to_bytes(n, "little") if n else b""
-
-
 def build_system(draw: Draw, config: Config = DEFAULT) -> Case:
     feats = draw_features(draw, config)
     types = list(config.prog_types)
@@ -86,9 +83,9 @@ def build_system(draw: Draw, config: Config = DEFAULT) -> Case:
     if slots is not None:
         n_progs = 1 + max((v for v in slots if v is not None), default=0)
     if ptype == "raw_tp":
-        ctx = _random_bytes(draw, 8 * draw.integer(1, config.max_ctx // 8))
+        ctx = edge_bytes(draw, 8 * draw.integer(1, config.max_ctx // 8))
     else:
-        ctx = _random_bytes(draw, 8 * draw.integer(2, 8))  # packet data
+        ctx = edge_bytes(draw, 8 * draw.integer(2, 8))  # packet data
     data_size = 4 * draw.integer(2, 16)
     sp = SystemPlan(
         draw=draw,
@@ -99,7 +96,7 @@ def build_system(draw: Draw, config: Config = DEFAULT) -> Case:
         slots=slots,
         ctx=ctx,
         data_size=data_size,
-        data_init=_random_bytes(draw, data_size),
+        data_init=edge_bytes(draw, data_size),
         bufs_size=4 * draw.integer(1, 16),
         bufs_entries=draw.integer(1, 4),
     )

@@ -10,6 +10,7 @@ k) or computed at run time (from a map value, ctx or the run counter).
 
 from __future__ import annotations
 
+from generators.edges import edge_bytes
 from generators.emit import R0, R1, R2, R3, R6
 from generators.plan import FnState, SystemPlan, imm32
 from generators.values import load_unknown
@@ -127,10 +128,8 @@ def draw_script(sp: SystemPlan) -> list[Step]:
         if kind == "run":
             steps.append(Step("run", program=draw.choice(names)))
         elif kind == "data":
-            value = draw.integer(0, (1 << (8 * sp.data_size)) - 1)
-            steps.append(
-                Step("update", map="data", key=0, value=value.to_bytes(sp.data_size, "little"))
-            )
+            value = edge_bytes(draw, sp.data_size)
+            steps.append(Step("update", map="data", key=0, value=value))
         else:
             keys = sorted(sp.direct_keys) if sp.direct_keys and draw.boolean() else None
             k = draw.choice(keys) if keys else draw.integer(0, len(sp.slots) - 1)
