@@ -16,13 +16,23 @@ from dataclasses import dataclass, field
 
 from hypothesis.control import currently_in_test_context, event, target
 
+from generators.census import ISA_SHAPES, census
 from harness.formats import isa
 from harness.outcome import RunOutcome, Status
 from harness.reference.helpers import HELPER_IDS, TAIL_CALL
 from harness.reference.interp import run_case
 from harness.system import Case, Program
 
-__all__ = ["coverage", "record", "summary", "SHAPES", "FunctionFacts", "program_facts"]
+__all__ = [
+    "coverage",
+    "record",
+    "summary",
+    "report",
+    "SHAPES",
+    "ISA_SHAPES",
+    "FunctionFacts",
+    "program_facts",
+]
 
 #: Every shape the generators must reach as a matter of course.
 SHAPES: tuple[str, ...] = (
@@ -344,6 +354,7 @@ def coverage(case: Case, outcomes: list[RunOutcome] | None = None) -> set[str]:
     names: set[str] = set()
     facts = _static(case, names)
     _dynamic(case, outcomes, facts, names)
+    census(case, names)
     return names
 
 
@@ -353,7 +364,8 @@ def record(case: Case, outcomes: list[RunOutcome] | None = None) -> set[str]:
     names = coverage(case, outcomes)
     if currently_in_test_context():
         for n in sorted(names):
-            event(f"shape: {n}")
+            if n[:4] not in ("isa:", "reg:", "val:"):  # hundreds: the census reports them
+                event(f"shape: {n}")
         if outcomes:
             target(max(o.tail_calls for o in outcomes), label="tail calls")
     return names
@@ -362,7 +374,36 @@ def record(case: Case, outcomes: list[RunOutcome] | None = None) -> set[str]:
 def summary(counts: Counter, total: int, shapes: Iterable[str] = SHAPES) -> str:
     """A table of how many cases reached each shape."""
     rows = [f"{'shape':36} {'cases':>7} {'share':>7}"]
-    for s in list(shapes) + sorted(set(counts) - set(shapes)):
+    for s in list(shapes) + sorted(set(counts) - set(shapes) - set(ISA_SHAPES)):
+        if s[:4] in ("isa:", "reg:", "val:") and s not in shapes:
+            continue
         n = counts.get(s, 0)
         rows.append(f"{s:36} {n:7d} {100.0 * n / max(total, 1):6.1f}%")
     return "\n".join(rows)
+
+
+def report(counts: Counter, total: int) -> list[str]:
+    """The campaign summary's coverage lines: every control-transfer shape
+    with its count, then the instruction-shape census in one line per
+    family (reached of required, the rarest), and every required shape
+    never reached, by name."""
+    lines = [
+        f"  {s:40s} {counts.get(s, 0):7d}  {100.0 * counts.get(s, 0) / max(total, 1):5.1f}%"
+        for s in list(SHAPES)
+        + sorted(k for k in counts if k not in SHAPES and k[:4] not in ("isa:", "reg:", "val:"))
+    ]
+    for family, title in (
+        ("isa:", "instruction forms"),
+        ("reg:", "register roles"),
+        ("val:", "boundary values"),
+    ):
+        req = [s for s in ISA_SHAPES if s.startswith(family)]
+        got = [s for s in req if counts.get(s)]
+        extra = sum(1 for k in counts if k.startswith(family) and k not in req)
+        rare = min(got, key=lambda s: counts[s]) if got else None
+        tail = f", rarest {rare} ({counts[rare]})" if rare else ""
+        lines.append(f"  {title}: {len(got)} of {len(req)} reached (+{extra} other shapes){tail}")
+    missing = [s for s in (*SHAPES, *ISA_SHAPES) if not counts.get(s)]
+    if missing:
+        lines.append(f"  never reached ({len(missing)}): {', '.join(missing)}")
+    return lines

@@ -209,7 +209,9 @@ def _kinds(st: FnState) -> list[str]:
         kinds.append("throw")
     if sp.on("conditionals"):
         kinds.append("cond")
-    kinds += [k for k in _PLAIN if sp.on(k)]
+    # twice each: one statement covers one form of hundreds, and a system
+    # has room for a dozen or two statements in all
+    kinds += [k for k in _PLAIN if sp.on(k)] * 2
     return kinds
 
 

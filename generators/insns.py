@@ -28,7 +28,7 @@ the outcome and hard-wires the jump, so the JIT would never see it.
 from __future__ import annotations
 
 from generators import stack
-from generators.edges import U64, edge_imm32, edge_shift, edge_u64, s32
+from generators.edges import EDGES, U64, edge_imm32, edge_shift, edge_u64, s32
 from generators.emit import R0, R1, R2, R3, R4, R5, R6, R10
 from generators.plan import FnState
 from generators.values import load_runtime
@@ -205,15 +205,22 @@ def emit_branch(st: FnState, body=None) -> None:
     if draw.boolean():
         src = draw.choice(_writable(st))
         if src != dst:
-            how = draw.choice(("same", "runtime", "const"))
+            # the same place again (equal, and the verifier cannot tell),
+            # another run-time value, the value itself or one whose low half
+            # agrees and high half differs (jmp and jmp32 disagree), an edge
+            how = draw.choice(("same", "runtime", "known", "half", "edge", "imm"))
             if how == "same":
                 load_runtime(st, src, at=place, signed=signed)
             elif how == "runtime":
                 load_runtime(st, src)
-            elif known is not None and draw.boolean(0.5):
+            elif how == "known" and known is not None:
                 fn.ld64(src, known)
-            else:
+            elif how == "half" and known is not None:
+                fn.ld64(src, known ^ ((edge_u64(draw) | 1) << 32) & U64)
+            elif how == "imm":
                 fn.mov(src, imm=edge_imm32(draw))
+            else:
+                fn.ld64(src, draw.choice(EDGES))
         fn.jump(cond, dst, other, src=src, jmp32=jmp32)
     else:
         if known is not None and draw.boolean(0.6):
@@ -299,8 +306,8 @@ def emit_memory(st: FnState) -> None:
     sizes = (4, 2, 1) if kind == "ldsx" else (8, 4, 2, 1)
     if target == "stack":
         off, size = _piece(st, sizes)
-        if kind == "stx" and draw.boolean(0.2):
-            return _store_fp(st, off, size)
+        if kind == "stx" and size == 8 and draw.boolean(0.3):
+            return _spill_fp(st, off)
         base = _stack_base(st, set())
     else:
         size = draw.choice([s for s in sizes if s <= sp.data_size])
@@ -313,41 +320,43 @@ def emit_memory(st: FnState) -> None:
             _restore(st, base, off, size)
         _mix(st, dst)
         return
+    t = None
     if kind == "st":
         fn.st(size, base, off, edge_imm32(draw))
+    elif target == "data" and size < 8 and draw.boolean(0.3):
+        # the low bytes of r10 (bpl needs REX): into a map value, since the
+        # verifier refuses a partial pointer spill to the stack. Read back
+        # masked to the low three bits (zero: every engine's frame pointer
+        # is 8-byte aligned), then a scalar over it: no address stays there
+        fn.stx(size, base, off, R10)
+        t = draw.choice([r for r in _writable(st) if r != base])
+        fn.ldx(size, t, base, off)
+        fn.alu(isa.AND, t, imm=7)
+        fn.stx(size, base, off, draw.choice([r for r in st.scalars if r not in (base, t)]))
     else:
         src = draw.choice([r for r in _writable(st) if r != base])
         _value(st, src, ready, base)
         fn.stx(size, base, off, src)
     _restore(st, base, off, size)
-
-
-def _store_fp(st: FnState, off: int, size: int) -> None:
-    """``*(size *)(r10 + off) = r10``: the store whose low byte needs a REX
-    prefix (bpl). The 8-byte spill is loaded back and used as the frame
-    pointer it is; the narrow one is read back masked to its low three bits
-    (zero: every engine's frame pointer is 8-byte aligned). Either way the slot
-    gets a scalar straight after, so no later load sees an address."""
-    draw, fn = st.draw, st.fn
-    fn.stx(size, R10, off, R10)
-    t = draw.choice(_writable(st))
-    if size == 8:
-        others = [
-            (o, s)
-            for o, s in stack.readable(st.stack)
-            if o + s <= off or o >= off + 8  # not the spilled pointer itself
-        ]
-        if others:
-            p = draw.choice([r for r in SCRATCH if r != t])
-            o, s = draw.choice(others)
-            fn.ldx(8, p, R10, off)
-            fn.ldx(s, t, p, o)
-            _mix(st, t)
-    else:
-        fn.ldx(size, t, R10, off)
-        fn.alu(isa.AND, t, imm=7)
+    if t is not None:
         _mix(st, t)
-    fn.stx(size, R10, off, draw.choice(st.scalars))
+
+
+def _spill_fp(st: FnState, off: int) -> None:
+    """``*(u64 *)(r10 + off) = r10``, loaded back and used as the frame
+    pointer it is (a load through it); then a scalar over the slot, so no
+    later load sees an address."""
+    draw, fn = st.draw, st.fn
+    fn.stx(8, R10, off, R10)
+    others = [(o, s) for o, s in stack.readable(st.stack) if o + s <= off or o >= off + 8]
+    if others:
+        t = draw.choice(_writable(st))
+        p = draw.choice([r for r in SCRATCH if r != t])
+        o, s = draw.choice(others)
+        fn.ldx(8, p, R10, off)
+        fn.ldx(s, t, p, o)
+        _mix(st, t)
+    fn.stx(8, R10, off, draw.choice(st.scalars))
 
 
 # ---- atomics -----------------------------------------------------------------

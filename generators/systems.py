@@ -52,6 +52,11 @@ _NEEDS = {
 }
 
 
+#: the plain-code features (generators.insns): on more often, each covers
+#: dozens of instruction forms.
+_PLAIN_CODE = ("alu_ops", "branches", "memory_ops", "atomics")
+
+
 def draw_features(draw: Draw, config: Config) -> frozenset[str]:
     """Swarm testing: each feature the config allows is on or off for the
     whole system (off is simplest). The big three are on more often."""
@@ -61,7 +66,7 @@ def draw_features(draw: Draw, config: Config) -> frozenset[str]:
             continue
         if any(n not in on for n in _NEEDS.get(f, ())):
             continue
-        p = 0.75 if f in ("subprograms", "tail_calls", "helpers") else 0.5
+        p = 0.75 if f in ("subprograms", "tail_calls", "helpers", *_PLAIN_CODE) else 0.5
         if f == "nondeterministic_helpers":
             p = 0.2
         if draw.boolean(p):

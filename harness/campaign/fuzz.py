@@ -38,6 +38,7 @@ from pathlib import Path
 
 from generators import coverage as shape_coverage
 from generators.config import Config
+from generators.coverage import report as coverage_report
 from generators.draw import ChoiceDraw, RandomDraw
 from generators.systems import build_system
 from harness import report
@@ -138,8 +139,7 @@ class Summary:
             lines.append(f"  poisoned {n:6d}  {why}")
         if self.coverage:
             lines.append("coverage (cases reaching each shape):")
-            for shape, n in sorted(self.coverage.items()):
-                lines.append(f"  {shape:40s} {n:7d}  {100.0 * n / max(self.cases, 1):5.1f}%")
+            lines += coverage_report(self.coverage, self.cases)
         for f in self.findings:
             where = f" -> {f.path}" if f.path else ""
             if f.unsaved:
