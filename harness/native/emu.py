@@ -1022,8 +1022,13 @@ class Executor:
             return None
         ia = fi.func.insn_addrs
         k = max(bisect_right(ia, addr) - 1, 0)
-        while k > 0 and ia[k - 1] == ia[k]:  # ld_imm64's second slot repeats the first
-            k -= 1
+        # ld_imm64's second slot repeats the first's address: the first is
+        # meant. A slot the JIT emits nothing for (le64, mov r1, r1) also
+        # shares its successor's address, and there the successor is meant
+        if k and ia[k - 1] == ia[k]:
+            pc = fi.func.start_pc + k - 1
+            if self._case.programs[fi.prog].insns[pc].opcode == isa.LD_IMM64:
+                k -= 1
         return Where(fi.prog, fi.label, fi.func.start_pc + k, addr if exact else None)
 
     def _where_of_fault(self, rip: int, regs: list[int]) -> Where | None:
