@@ -7,6 +7,7 @@ Names, all from the instructions (so shrunk and hand-written cases count too):
   emit differently (``alu64.sdiv.reg``, ``alu32.movsx8``, ``alu32.be16``,
   ``alu64.bswap64``, ``jmp32.jsge.imm``, ``gotol``, ``ldsx.h``,
   ``atomic32.fetch_and``, ``stx.b``...).
+- ``isa:atomic64.<op>@stack``, ``@map``: where an atomic operates.
 - ``isa:<form>/<class>``: the same with the x86-64 encoding class of its
   destination (its base register for stores and atomics): ``lo8``
   (r0/r3/r4/r6: rax, rdx, rcx, rbx, byte access without REX), ``rex8``
@@ -124,6 +125,12 @@ def _required() -> tuple[str, ...]:
         if opcode & 0x07 == isa.LD and opcode != isa.LD_IMM64:
             continue
         names += [f"isa:{n}" for n, _, _ in _forms(opcode)]
+    names += [
+        f"isa:atomic{w}.{op}@{where}"
+        for w in (32, 64)
+        for op in isa.ATOMIC_OPS.values()
+        for where in ("stack", "map")
+    ]
     regs = range(11)
     scalars = range(10)  # r10 is never written, and as an ALU or jump operand it is a pointer
     for role in ("alu.dst", "alu.src", "jmp.dst", "jmp.src", "ldx.dst", "atomic.src"):
@@ -345,6 +352,9 @@ def census(case: Case, names: set[str]) -> None:
                 else:
                     regs[dst] = ("k", v)
             elif c == STX and op & 0xE0 == isa.ATOMIC:
+                b = regs[dst]
+                if b is not None and b[0] == "p" and b[1] != "ctx":
+                    add(_static(i)[0] + ("@stack" if b[1] == "fp" else "@map"))
                 r = 0 if i.imm == isa.CMPXCHG else i.src if i.imm & isa.FETCH else None
                 if r is not None:
                     fresh += 1

@@ -300,6 +300,10 @@ def walk(w: int, camp: Campaign, out, stop, alive: Callable[[], bool] = lambda: 
                         ),
                     )
                 )
+                if camp.stop_on_first:
+                    # not the next case too before the parent's stop arrives
+                    stop.set()
+                    break
             if time.monotonic() - last > 0.5:
                 out.put(("progress", w, n, cov, poisoned))
                 n, cov, poisoned, last = 0, Counter(), Counter(), time.monotonic()
