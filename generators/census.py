@@ -124,7 +124,15 @@ def _required() -> tuple[str, ...]:
         # (harness.reference.interp), so no engine pair can compare them
         if opcode & 0x07 == isa.LD and opcode != isa.LD_IMM64:
             continue
-        names += [f"isa:{n}" for n, _, _ in _forms(opcode)]
+        for n, _, _ in _forms(opcode):
+            names.append(f"isa:{n}")
+            if n in ("ja", "gotol", "exit") or n.startswith("call"):
+                continue
+            # a map fd is only ever a helper's argument (r1, r2)
+            classes = ("rex8",) if n == "ld_imm64.map_fd" else ("lo8", "rex8", "ext")
+            if n.startswith(("st.", "stx.", "atomic")):
+                classes += ("fp",)  # the base register of a store
+            names += [f"isa:{n}/{k}" for k in classes]
     names += [
         f"isa:atomic{w}.{op}@{where}"
         for w in (32, 64)
@@ -395,6 +403,7 @@ def _imm_names(role: str, code: int, imm: int, w: int) -> tuple[str, ...]:
 
 
 #: Every ISA shape the default generator must reach: the forms of every
-#: opcode in ``isa.OPCODES`` (legacy packet loads aside), every register in
+#: opcode in ``isa.OPCODES`` (legacy packet loads aside), each with every
+#: register class as destination (as base for stores), every register in
 #: every role the verifier allows, and the value classes of issue #12.
 ISA_SHAPES: tuple[str, ...] = _required()

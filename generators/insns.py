@@ -58,7 +58,9 @@ ALU_FORMS: dict[str, tuple[int, int]] = {
     "movsx": (isa.MOV, 8),
     "end": (isa.END, 0),
 }
-_FORMS = tuple(ALU_FORMS)
+#: forms with many variants come up more often: end has nine (le/be/bswap x
+#: 16/32/64), movsx five
+_FORMS = (*ALU_FORMS, "end", "end", "movsx")
 
 #: every jump condition, simplest first.
 CONDITIONS = (
