@@ -39,6 +39,9 @@ class Config:
     #: programs 34 times (33 tail calls), so a run costs up to 34 times this.
     #: Without it a few systems of 100k+ steps took most of a campaign's time.
     max_expanded_insns_tail_calls: int = 400
+    #: chance of a plain-code statement (generators.insns) after each
+    #: control-transfer statement, when a plain-code feature is on.
+    plain_code: float = 0.75
     #: steps in the script (runs, slot updates and deletes).
     max_steps: int = 9
     #: raw_tp ctx is a u64 array of at most 12 arguments.

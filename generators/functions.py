@@ -186,7 +186,6 @@ _STATEMENTS = {
     "ctx_read": _ctx_read,
     "throw": exceptions.emit_throw,
     "cond": _cond,
-    **_PLAIN,
 }
 
 
@@ -209,9 +208,6 @@ def _kinds(st: FnState) -> list[str]:
         kinds.append("throw")
     if sp.on("conditionals"):
         kinds.append("cond")
-    # twice each: one statement covers one form of hundreds, and a system
-    # has room for a dozen or two statements in all
-    kinds += [k for k in _PLAIN if sp.on(k)] * 2
     return kinds
 
 
@@ -295,9 +291,21 @@ def build_function(
     if deep and not is_main and any(_callable(st, c) for c in candidates):
         _call(st, repeat=False)
     n = 0
-    while fn.size < cfg.max_insns_per_function and draw.more(n, max_size=16, average=5.0):
+    plain = [k for k in _PLAIN if sp.on(k)]
+    while fn.size - st.plain < cfg.max_insns_per_function and draw.more(
+        n, max_size=16, average=5.0
+    ):
         n += 1
         _STATEMENTS[draw.choice(_kinds(st))](st)
+        # plain code between the control-transfer statements, on top of
+        # them (competing for the function's room, it halved the deep
+        # chains and hierarchies a system reached), except with a prog array:
+        # a run repeats the code up to 34 times, so there it shares the room
+        if plain and draw.boolean(cfg.plain_code):
+            size = fn.size
+            _PLAIN[draw.choice(plain)](st)
+            if sp.slots is None:
+                st.plain += fn.size - size
     onward = [k for k, v in enumerate(sp.slots or ()) if v not in (None, prog)]
     if is_main and prog == 0 and onward and draw.boolean(0.75):
         # the entry hands over to another program on its way out: otherwise
@@ -315,7 +323,7 @@ def build_function(
     if plan.has_tail_call and not is_main:
         prefixes.append(0)
     plan.tc_prefix = max(prefixes, default=-1)
-    plan.cost = fn.size + st.inlined + 8 * st.conds
+    plan.cost = fn.size - st.plain + st.inlined + 8 * st.conds
     plan.fn = fn
     return plan
 

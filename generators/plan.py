@@ -93,6 +93,9 @@ class FnState:
     #: functions this one may call (already built, constraints checked per call).
     candidates: list[FnPlan] = field(default_factory=list)
     conds: int = 0
+    #: slots of plain code (generators.insns) outside the limits on the
+    #: function's size and expanded cost (systems without a prog array).
+    plain: int = 0
     inlined: int = 0
     #: part of a deep program: calls prefer the tallest callee.
     deep: bool = False
