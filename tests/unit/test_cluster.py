@@ -30,9 +30,11 @@ from harness.campaign.cluster import run_cluster  # noqa: E402
 from harness.campaign.fuzz import Campaign  # noqa: E402
 
 ENGINE = "x86_64+tcc-limit-32"
-# seed 0 on this fault diverges at cases 3 and 4 (retval: shards 0 and 1, the
-# second a duplicate to merge) and 9 (tail calls: shard 2)
-SEED, SIZE, SHARDS, TRIES = 0, 4, 3, 150
+# seed 2 on this fault diverges at cases 1 (tail calls: shard 0), 3 (retval:
+# shard 1) and 4 (tail calls again: shard 2, a duplicate to merge); it depends
+# on what the generator makes of the seed (seed 0 lost its case 4 when the
+# generator learnt the whole ISA)
+SEED, SIZE, SHARDS, TRIES = 2, 2, 3, 150
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -61,7 +63,7 @@ def local_corpus(tmp_path_factory) -> dict[str, bytes]:
         r = jitdiff("--shard", f"{k}/{SHARDS}", "--workers", "1", "--corpus", str(corpus))
         assert r.returncode == 1, r.stderr
     found = files(corpus)
-    # shard 1's finding had the signature of shard 0's: not written again
+    # shard 2's finding had the signature of shard 0's: not written again
     assert len(found) == 2
     return found
 
