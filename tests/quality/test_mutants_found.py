@@ -32,41 +32,7 @@ def _hunt(runner: Runner, spec: str):
     return None
 
 
-#: faults in instructions the generator of this branch does not emit (no
-#: division, jmp32, movsx, bswap, sign-extending load, 32-bit atomic, byte
-#: store from r1/r2/r10, gotol, negative mov32 immediate or register
-#: comparison: issue 12's census; it does emit shifts by 0 and 32-bit neg).
-#: Strict: once the generator that reaches the whole ISA is merged, each one
-#: it finds fails here as XPASS, and its name must leave this set.
-NEEDS_ISA_GENERATOR = {
-    "mov32-imm-sign-extended",
-    "ld-imm64-sign-extends",
-    "movsx64-no-rexw",
-    "ldsx-movzx",
-    "sdiv-zero-extends-dividend",
-    "div-src-rdx-not-saved",
-    "shift32-by-reg-as-64",
-    "bswap16-no-movzx",
-    "atomic32-as-64",
-    "stx-byte-no-rex",
-    "jmp32-jsle-unsigned",
-    "jmp32-jset-64bit",
-    "mov32-self-elided",
-    "gotol-uses-off",
-    "jmp-reg-operands-swapped",
-}
-
-
-def _marks(spec: str):
-    if spec.removeprefix("x86_64+") in NEEDS_ISA_GENERATOR:
-        return pytest.param(
-            spec,
-            marks=pytest.mark.xfail(strict=True, reason="the generator does not reach it yet"),
-        )
-    return spec
-
-
-@pytest.mark.parametrize("spec", [_marks(s) for s in MUTANTS])
+@pytest.mark.parametrize("spec", MUTANTS)
 def test_mutant_is_found_from_scratch(spec: str):
     found = _hunt(_runner(spec), spec)
     assert found is not None, f"{spec} not found in {LIMIT} systems"
