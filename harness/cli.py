@@ -33,7 +33,7 @@ def _available(names: list[str], *, skip: bool = False) -> list[str]:
     with ``skip`` a printed note and left out."""
     usable = []
     for n in names:
-        why = engines.available(engines.base_name(n))
+        why = engines.available(n)
         if why and not skip:
             raise JitdiffError(f"engine {n} is unavailable: {why}")
         if why:
@@ -207,10 +207,30 @@ def cmd_show(args) -> int:
         print(side_by_side(compare(case, model, native, dead=dead), width=args.width), end="")
         return 0
     for name in names:
-        eng = engines.get(name, _profile(args))
+        eng = engines.get_spec(name, _profile(args))
         print(f"==== {name}")
         print(eng.listing(case))
         eng.close()
+    return 0
+
+
+def cmd_guest(args) -> int:
+    from harness.guest import setup as gs
+    from harness.guest.arches import ARCHES
+
+    if args.action == "setup":
+        if not args.arch:
+            raise JitdiffError(f"guest setup needs an arch (known: {', '.join(ARCHES)})")
+        for name in args.arch:
+            g = gs.setup(name, args.suite, refresh=args.refresh, log=lambda m: print(m, flush=True))
+            print(f"guest:{name}@{g.suite}: Linux {g.kernel} ({g.package} {g.version}) ready")
+        return 0
+    for name in args.arch or list(ARCHES):
+        for suite in ARCHES[name].suites if name in ARCHES else ():
+            g = gs.installed(name, suite)
+            if g is not None:
+                state = f"no JIT: {g.no_jit}" if g.no_jit else "ready"
+                print(f"guest:{name}@{suite}\tLinux {g.kernel}\t{state}")
     return 0
 
 
@@ -460,6 +480,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     common(sp)
     sp.set_defaults(fn=cmd_show)
+
+    sp = sub.add_parser(
+        "guest", help="set up Debian kernels of other architectures as qemu guests (guest:ARCH)"
+    )
+    sp.add_argument("action", choices=("setup", "list"))
+    sp.add_argument("arch", nargs="*", help="Debian architecture (amd64, arm64, riscv64, ...)")
+    sp.add_argument("--suite", default="trixie", help="Debian suite: bookworm, trixie or sid")
+    sp.add_argument("--refresh", action="store_true", help="fetch the suite's kernel again")
+    sp.set_defaults(fn=cmd_guest)
 
     sp = sub.add_parser(
         "fuzz",

@@ -31,6 +31,11 @@ class Engine(ABC):
         """Why this engine cannot run on this machine, or None."""
         return None
 
+    @classmethod
+    def unavailable_spec(cls, spec: str) -> str | None:
+        """The same for one spec (a family such as ``guest:ARCH`` needs it)."""
+        return cls.unavailable()
+
     @abstractmethod
     def run(self, case: Case, *, budget: int, lockstep: bool = False) -> CaseOutcome:
         """Play the case's script; ``budget`` is in the engine's own steps."""
@@ -49,6 +54,8 @@ ENGINES: dict[str, str] = {
     "x86_64": "harness.engines.x86_64:X86Engine",
     "kernel": "harness.engines.kernel:KernelEngine",
     "kernel-native": "harness.engines.kernel_native:KernelNativeEngine",
+    # a family: guest:ARCH[@SUITE] (harness.engines.guest)
+    "guest": "harness.engines.guest:GuestEngine",
 }
 
 DEFAULT_ENGINES = ("x86_64",)
@@ -65,9 +72,10 @@ def _class(name: str) -> type[Engine]:
 
 
 def available(name: str) -> str | None:
-    """None when the engine can run here, else the reason it cannot."""
+    """None when the engine (a name or a spec) can run here, else the reason
+    it cannot."""
     try:
-        return _class(name).unavailable()
+        return _class(base_name(name)).unavailable_spec(name)
     except EngineUnavailable as e:
         return str(e)
 
@@ -81,7 +89,10 @@ def get(name: str, profile: Profile = LINUX, **options) -> Engine:
 
 
 def base_name(spec: str) -> str:
-    """The engine a spec names: ``x86_64+missing-pop`` -> ``x86_64``."""
+    """The engine a spec names: ``x86_64+missing-pop`` -> ``x86_64``,
+    ``guest:arm64@bookworm`` -> ``guest``."""
+    if spec.startswith("guest:"):
+        return "guest"
     return spec.partition("@")[0].split("+")[0]
 
 
@@ -93,6 +104,12 @@ def get_spec(spec: str, profile: Profile = LINUX, **options) -> Engine:
     ``name`` becomes the spec, so reports say exactly what ran."""
     from harness.reference.profile import PROFILES
 
+    if base_name(spec) == "guest":  # its @ names a Debian suite, not a profile
+        cls = _class("guest")
+        why = cls.unavailable_spec(spec)
+        if why:
+            raise EngineUnavailable(f"engine {spec} is unavailable: {why}")
+        return cls(profile, spec=spec, **options)
     name, _, prof = spec.partition("@")
     name, *faults = name.split("+")
     if prof:

@@ -31,7 +31,7 @@ from harness.reference.helpers import NONDETERMINISTIC
 from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 
-__all__ = ["KernelNativeEngine", "UNOBSERVED", "uses_nondeterministic_helper"]
+__all__ = ["KernelNativeEngine", "UNOBSERVED", "uses_nondeterministic_helper", "native_outcomes"]
 
 #: what a test run cannot show (see ``oracles.base.unobserved``)
 UNOBSERVED = frozenset({"retval_high32", "events"})
@@ -80,23 +80,29 @@ class KernelNativeEngine(Engine):
         return CaseOutcome(self.name, self.outcomes(case, ans))
 
     def outcomes(self, case: Case, ans: Answer) -> list[RunOutcome]:
-        if ans.status != "ok":
-            return [_declare(o, UNOBSERVED) for o in failed_runs(case, ans)]
-        nondet = uses_nondeterministic_helper(case)
-        out = []
-        for r in ans.runs:
-            if r.error:
-                o = RunOutcome(Status.UNSUPPORTED, tail_calls=None, detail=f"test run: {r.error}")
-            else:
-                o = RunOutcome(
-                    Status.OK,
-                    retval=r.retval,
-                    tail_calls=None,
-                    maps=dict(r.maps),
-                    nondeterministic=nondet,
-                )
-            out.append(_declare(o, UNOBSERVED))
-        return out
+        return native_outcomes(case, ans)
 
     def close(self) -> None:
         self.worker.close()
+
+
+def native_outcomes(case: Case, ans: Answer) -> list[RunOutcome]:
+    """One outcome per run of a natively played case (the host's worker or a
+    guest's agent), with what a test run cannot show declared."""
+    if ans.status != "ok":
+        return [_declare(o, UNOBSERVED) for o in failed_runs(case, ans)]
+    nondet = uses_nondeterministic_helper(case)
+    out = []
+    for r in ans.runs:
+        if r.error:
+            o = RunOutcome(Status.UNSUPPORTED, tail_calls=None, detail=f"test run: {r.error}")
+        else:
+            o = RunOutcome(
+                Status.OK,
+                retval=r.retval,
+                tail_calls=None,
+                maps=dict(r.maps),
+                nondeterministic=nondet,
+            )
+        out.append(_declare(o, UNOBSERVED))
+    return out

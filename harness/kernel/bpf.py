@@ -43,6 +43,7 @@ __all__ = [
     "prog_test_run",
     "ProgInfo",
     "prog_info",
+    "parse_prog_info",
     "MapInfo",
     "map_info",
     "prog_fd_by_id",
@@ -488,29 +489,61 @@ def prog_info(fd: Fd | int) -> ProgInfo:
                      _addr(jli), njli, li_rec, jli_rec)  # fmt: skip
     _info(fd, second)
 
-    def u32s(off):
-        return struct.unpack_from("<I", second, off)[0]
+    return parse_prog_info(
+        second.raw,
+        jited.raw[:jlen],
+        xlated.raw[:xlen],
+        bytes(maps)[: 4 * nmaps],
+        bytes(ksyms)[: 8 * nksyms],
+        bytes(lens)[: 4 * nlens],
+        fi.raw[: nfi * fi_rec],
+        li.raw[: nli * li_rec],
+        jli.raw[: njli * jli_rec],
+    )
 
-    typ, pid = struct.unpack_from("<II", second, 0)
-    name = second.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
-    func_info = tuple(struct.unpack_from("<II", fi, i * fi_rec) for i in range(nfi))
-    line_info = tuple(struct.unpack_from("<IIII", li, i * li_rec) for i in range(nli))
-    jline = tuple(struct.unpack_from("<Q", jli, i * jli_rec)[0] for i in range(njli))
+
+def parse_prog_info(
+    info: bytes,
+    jited: bytes,
+    xlated: bytes,
+    map_ids: bytes,
+    ksyms: bytes,
+    lens: bytes,
+    func_info: bytes,
+    line_info: bytes,
+    jited_line_info: bytes,
+) -> ProgInfo:
+    """A ``ProgInfo`` from the filled ``struct bpf_prog_info`` and the arrays
+    it pointed at, as raw little-endian bytes (a guest's agent sends them so)."""
+
+    def u32(off):
+        return struct.unpack_from("<I", info, off)[0]
+
+    fi_rec, li_rec, jli_rec = u32(132) or 8, u32(172) or 16, u32(176) or 8
+    typ, pid = struct.unpack_from("<II", info, 0)
+    name = info[64:80].split(b"\0", 1)[0].decode(errors="replace")
     return ProgInfo(
         type=typ,
         id=pid,
         name=name,
-        tag=second.raw[8:16],
-        jited=jited.raw[:jlen],
-        xlated=xlated.raw[:xlen],
-        map_ids=tuple(maps[:nmaps]),
-        jited_ksyms=tuple(ksyms[:nksyms]),
-        jited_func_lens=tuple(lens[:nlens]),
-        btf_id=u32s(128),
-        func_info=func_info,
-        line_info=line_info,
-        jited_line_info=jline,
-        verified_insns=u32s(216),
+        tag=info[8:16],
+        jited=jited,
+        xlated=xlated,
+        map_ids=struct.unpack(f"<{len(map_ids) // 4}I", map_ids),
+        jited_ksyms=struct.unpack(f"<{len(ksyms) // 8}Q", ksyms),
+        jited_func_lens=struct.unpack(f"<{len(lens) // 4}I", lens),
+        btf_id=u32(128),
+        func_info=tuple(
+            struct.unpack_from("<II", func_info, o) for o in range(0, len(func_info), fi_rec)
+        ),
+        line_info=tuple(
+            struct.unpack_from("<IIII", line_info, o) for o in range(0, len(line_info), li_rec)
+        ),
+        jited_line_info=tuple(
+            struct.unpack_from("<Q", jited_line_info, o)[0]
+            for o in range(0, len(jited_line_info), jli_rec)
+        ),
+        verified_insns=u32(216) if len(info) >= 220 else 0,
     )
 
 

@@ -179,7 +179,9 @@ def kernel_report(lines: list[str], pids: Collection[int] | None = None) -> str 
     return None
 
 
-_RIP = re.compile(r"RIP: [0-9a-f]{4}:([A-Za-z0-9_.$]+)")
+# where the oops happened: x86 "RIP: 0010:f+0x..", arm64 "pc : f+0x..", powerpc
+# "NIP [..] f+0x..", riscv "epc : f+0x.." (the last three from qemu guests)
+_RIP = re.compile(r"(?:RIP: [0-9a-f]{4}:|\bpc : |NIP +\[[0-9a-f]+\] |epc : )([A-Za-z_.$][\w.$]*)")
 
 
 def _slug(text: str, limit: int = 48) -> str:

@@ -47,6 +47,10 @@ __all__ = [
     "LoadedSystem",
     "load_case",
     "function_names",
+    "bind",
+    "program_btf",
+    "load_order",
+    "slot_starts",
 ]
 
 PROG_TYPE_IDS = {"raw_tp": ProgType.RAW_TRACEPOINT, "sched_cls": ProgType.SCHED_CLS}
@@ -158,7 +162,7 @@ def function_names(prog: Program) -> dict[int, str]:
     return out
 
 
-def _slot_starts(insns: list[Insn]) -> list[int]:
+def slot_starts(insns: list[Insn]) -> list[int]:
     """pcs that begin an instruction (not the second slot of ld_imm64)."""
     out, pc = [], 0
     while pc < len(insns):
@@ -170,14 +174,14 @@ def _slot_starts(insns: list[Insn]) -> list[int]:
 def _map_refs(prog: Program) -> list[int]:
     """Indices into ``case.maps`` the program's ld_imm64s name."""
     out = []
-    for pc in _slot_starts(prog.insns):
+    for pc in slot_starts(prog.insns):
         i = prog.insns[pc]
         if i.opcode == isa.LD_IMM64 and i.src in (isa.PSEUDO_MAP_FD, isa.PSEUDO_MAP_VALUE):
             out.append(i.imm)
     return out
 
 
-def _load_order(case: Case) -> list[str]:
+def load_order(case: Case) -> list[str]:
     """Programs ordered so that a tail-call target (a program in the initial
     contents of a prog array that P loads) comes before P; cycles (self or
     mutual tail calls) are broken in the case's order."""
@@ -402,7 +406,7 @@ class LoadedSystem:
             i = starts.index(start)
             end = starts[i + 1] if i + 1 < len(starts) else len(insns)
             addrs: list[int | None] = []
-            for pc in _slot_starts(insns[start:end]):
+            for pc in slot_starts(insns[start:end]):
                 recs = addrs_of_pc.get(start + pc, ())
                 inside = [a for a in recs if address <= a <= address + len(code)]
                 if not inside and recs:
@@ -442,7 +446,7 @@ class LoadedSystem:
         line_offs = [rec[0] for rec in info.line_info]
         func_offs = [off for off, _ in info.func_info] or [0]
         refs = []
-        for k in _slot_starts(list(xlated)):
+        for k in slot_starts(list(xlated)):
             ins = xlated[k]
             if ins.opcode != isa.LD_IMM64 or ins.src not in (1, 2) or k + 1 >= len(xlated):
                 continue
@@ -496,10 +500,14 @@ class LoadedSystem:
 # --- loading -------------------------------------------------------------
 
 
-def _bind(prog: Program, case: Case, map_fds: list[Fd]) -> list[Insn]:
-    """Rewrite map indices to fds and jitdiff kfunc numbers to BTF ids."""
+def bind(
+    prog: Program, case: Case, map_fds: list[Fd] | list[int], kfunc_id=_kfunc_btf_id
+) -> list[Insn]:
+    """Rewrite map indices to fds and jitdiff kfunc numbers to BTF ids
+    (``kfunc_id(name)``: the running kernel's by default; a guest's reads
+    the guest's vmlinux BTF)."""
     out = list(prog.insns)
-    for pc in _slot_starts(out):
+    for pc in slot_starts(out):
         i = out[pc]
         if i.opcode == isa.LD_IMM64 and i.src in (isa.PSEUDO_MAP_FD, isa.PSEUDO_MAP_VALUE):
             if not 0 <= i.imm < len(map_fds):
@@ -508,11 +516,11 @@ def _bind(prog: Program, case: Case, map_fds: list[Fd]) -> list[Insn]:
         elif i.opcode == isa.JMP | isa.CALL and i.src == isa.PSEUDO_KFUNC_CALL:
             if i.imm not in KFUNCS:
                 raise CaseError(f"{prog.name}+{pc}: unknown kfunc number {i.imm}")
-            out[pc] = Insn(i.opcode, i.dst, i.src, 0, _kfunc_btf_id(KFUNCS[i.imm]))
+            out[pc] = Insn(i.opcode, i.dst, i.src, 0, kfunc_id(KFUNCS[i.imm]))
     return out
 
 
-def _program_btf(prog: Program) -> tuple[ProgramBtf, bytes, dict[int, int], dict[int, str]]:
+def program_btf(prog: Program) -> tuple[ProgramBtf, bytes, dict[int, int], dict[int, str]]:
     b = ProgramBtf()
     names = function_names(prog)
     cb = prog.exception_callback_pc()
@@ -563,9 +571,9 @@ def load_case(
             if m.kind == "array":
                 for key, value in m.init.items():
                     sysm.update(name, key, value)
-        for name in _load_order(case):
+        for name in load_order(case):
             prog = case.programs[name]
-            b, func_info, func_of_type, names = _program_btf(prog)
+            b, func_info, func_of_type, names = program_btf(prog)
             try:
                 btf_fd, _ = _bpf.btf_load(b.blob())
             except Rejected as r:
@@ -573,11 +581,11 @@ def load_case(
             sysm.btfs.append(btf_fd)
             fd, log = _bpf.prog_load(
                 PROG_TYPE_IDS[prog.type],
-                isa.encode_program(_bind(prog, case, fds)),
+                isa.encode_program(bind(prog, case, fds)),
                 name=name,
                 btf=btf_fd,
                 func_info=func_info,
-                line_info=b.line_info(_slot_starts(prog.insns)),
+                line_info=b.line_info(slot_starts(prog.insns)),
             )
             sysm.progs[name] = _Prog(name, prog, fd, log, func_of_type, names)
         # Prog arrays last: every target exists, and the kernel pokes the

@@ -68,6 +68,7 @@ __all__ = [
     "log_tail",
     "LOG_DIR",
     "LOG_TAIL",
+    "save_reproducer",
 ]
 
 #: where crash reproducers go unless the engine is told (``crash_dir``; the
@@ -351,6 +352,37 @@ class _Kmsg:
             self.fd = None
 
 
+def save_reproducer(crash_dir: Path, case: Case, sig: str, note: list[str]) -> str | None:
+    """Save a crash reproducer ``<crash_dir>/<sig>.case`` atomically, ``note``
+    (the crash report) in its comment; an existing file is never replaced (the
+    first reproducer of a signature wins). Its path, or why it was not saved."""
+    path = crash_dir / f"{sig}.case"
+    if path.exists():
+        return str(path)
+    comment = "\n".join(([case.comment, ""] if case.comment else []) + note)
+    try:
+        crash_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=crash_dir, prefix=f".{sig}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            try:
+                from harness.formats import casefile
+            except ImportError:  # no text format: keep the case as a pickle
+                path = path.with_suffix(".case.pickle")
+                with open(tmp, "wb") as f:
+                    pickle.dump(replace(case, comment=comment), f)
+            else:
+                casefile.save(replace(case, comment=comment), tmp)
+            os.link(tmp, path)  # atomic, and fails rather than overwrite
+        finally:
+            os.unlink(tmp)
+    except FileExistsError:
+        pass
+    except (OSError, JitdiffError) as e:
+        return f"(not saved: {e})"
+    return str(path)
+
+
 class Worker:
     """The parent's handle on one child process (started on first use and
     restarted transparently after it dies)."""
@@ -513,38 +545,12 @@ class Worker:
         )
 
     def _save(self, case: Case, sig: str, how: str, log: str, taint: int) -> str | None:
-        """Save the reproducer atomically; an existing file is never replaced
-        (the first reproducer of a signature wins)."""
-        path = self.crash_dir / f"{sig}.case"
-        if path.exists():
-            return str(path)
         note = [
             f"kernel crash reproducer ({sig}): the worker {how} while loading/running this "
             f"case; kernel tainted {taint:#x} ({taint_letters(taint)})"
         ]
         note += [f"  {ln}" for ln in log.splitlines()] if log else ["  (nothing in /dev/kmsg)"]
-        comment = "\n".join(([case.comment, ""] if case.comment else []) + note)
-        try:
-            self.crash_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.crash_dir, prefix=f".{sig}.", suffix=".tmp")
-            os.close(fd)
-            try:
-                try:
-                    from harness.formats import casefile
-                except ImportError:  # no text format: keep the case as a pickle
-                    path = path.with_suffix(".case.pickle")
-                    with open(tmp, "wb") as f:
-                        pickle.dump(replace(case, comment=comment), f)
-                else:
-                    casefile.save(replace(case, comment=comment), tmp)
-                os.link(tmp, path)  # atomic, and fails rather than overwrite
-            finally:
-                os.unlink(tmp)
-        except FileExistsError:
-            pass
-        except (OSError, JitdiffError) as e:
-            return f"(not saved: {e})"
-        return str(path)
+        return save_reproducer(self.crash_dir, case, sig, note)
 
     def close(self) -> None:
         proc = self._proc

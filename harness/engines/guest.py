@@ -1,0 +1,201 @@
+"""Another architecture's real JIT: a Debian kernel in a qemu guest
+(``guest:ARCH`` or ``guest:ARCH@SUITE``, e.g. ``guest:riscv64``,
+``guest:arm64@bookworm``).
+
+The guest boots once per engine instance (so once per campaign worker) and
+serves every case through its agent (``harness.guest``): the case is loaded
+as the host's ``kernel-native`` loads it, its script played with
+``BPF_PROG_TEST_RUN``, and the answer judged by the same code, so the same
+oracles compare it with ``interp`` (counts through maps, the 32-bit retval,
+``unobserved``).
+
+Crashes are findings: a guest whose kernel panics, oopses or WARNs (the
+kernel command line makes all three end the guest) or whose agent does not
+answer within ``timeout`` seconds gives ``CRASHED`` runs; the case is saved
+as a reproducer with the console excerpt, kernel release and arch, and the
+next case boots a fresh guest. The host's list of known-crashing shapes
+(``harness.kernel.crashes``) does not apply: the host is never at stake.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from harness.engines import Engine
+from harness.engines.kernel_native import native_outcomes
+from harness.errors import EngineUnavailable, JitdiffError, Unsupported
+from harness.guest import protocol
+from harness.guest.arches import ARCHES, DEFAULT_SUITE, SUITES
+from harness.guest.setup import Guest, host_missing, installed
+from harness.guest.vm import CRASH_TEXT, GuestDown, Vm, excerpt
+from harness.kernel.btf import Btf, BtfError
+from harness.kernel.crashes import signature
+from harness.kernel.worker import DEFAULT_CRASH_DIR, Answer, Crash, KernelCrash, save_reproducer
+from harness.outcome import CaseOutcome
+from harness.reference.profile import LINUX, Profile
+from harness.system import Case
+
+__all__ = ["GuestEngine", "parse_spec"]
+
+#: seconds a request may take before the guest counts as hung
+REQUEST_TIMEOUT = 60.0
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``guest:ARCH[@SUITE]`` -> (arch, suite); a clear error otherwise."""
+    m = re.fullmatch(r"guest:([\w-]+)(?:@(\w+))?", spec)
+    if not m:
+        raise JitdiffError(f"bad guest engine {spec!r}: write guest:ARCH or guest:ARCH@SUITE")
+    name, suite = m.group(1), m.group(2) or DEFAULT_SUITE
+    if name not in ARCHES:
+        raise JitdiffError(f"unknown guest arch {name!r} in {spec} (known: {', '.join(ARCHES)})")
+    if suite not in SUITES:
+        raise JitdiffError(f"unknown suite {suite!r} in {spec} (known: {', '.join(SUITES)})")
+    return name, suite
+
+
+class GuestEngine(Engine):
+    """Options: ``spec`` (``guest:ARCH[@SUITE]``), ``timeout`` (seconds per
+    request), ``crash_dir``, ``stop_on_crash``."""
+
+    name = "guest"
+
+    def __init__(self, profile: Profile = LINUX, **options):
+        super().__init__(profile, **options)
+        spec = options.get("spec", "guest:arm64")
+        self.arch, self.suite = parse_spec(spec)
+        self.name = spec
+        g = installed(self.arch, self.suite)
+        if g is None or g.no_jit:
+            raise EngineUnavailable(self.unavailable_spec(spec) or "no guest")
+        self.guest: Guest = g
+        self.vm = Vm(g)
+        self.timeout = options.get("timeout", REQUEST_TIMEOUT)
+        self.crash_dir = Path(options.get("crash_dir") or DEFAULT_CRASH_DIR)
+        self.crashes: list[Crash] = []
+        self._btf: Btf | None = None
+        self._console_seen = 0
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return "name an architecture: guest:ARCH or guest:ARCH@SUITE"
+
+    @classmethod
+    def unavailable_spec(cls, spec: str) -> str | None:
+        try:
+            name, suite = parse_spec(spec)
+        except JitdiffError as e:
+            return str(e)
+        g = installed(name, suite)
+        if g is None:
+            return f"no {name} guest for {suite}: run `jitdiff guest setup {name} --suite {suite}`"
+        if g.no_jit:
+            return g.no_jit
+        need = host_missing(ARCHES[name])
+        if need:
+            return f"the host lacks {', '.join(need)} (apt-get install them, or run guest setup)"
+        return None
+
+    # -- the guest ------------------------------------------------------------
+
+    def _ensure(self) -> protocol.Hello:
+        if self.vm.hello is not None:
+            return self.vm.hello
+        try:
+            hello = self.vm.boot()
+        except GuestDown as e:
+            raise EngineUnavailable(
+                f"{self.name}: the guest did not boot ({e.how})\n{e.console}".rstrip()
+            ) from None
+        if hello.jit_enable not in ("1", "2"):
+            self.vm.close()
+            raise EngineUnavailable(
+                f"{self.name}: net.core.bpf_jit_enable is {hello.jit_enable!r} in the guest "
+                "(the interpreter would run, not the JIT)"
+            )
+        self._btf = None
+        if hello.btf:
+            try:
+                self._btf = Btf(hello.btf)
+            except BtfError:
+                self._btf = None
+        self._console_seen = 0
+        return hello
+
+    def _kfunc_id(self, name: str) -> int:
+        if self._btf is None:
+            raise Unsupported(f"{self.name}: the guest kernel has no BTF, so no kfunc {name}")
+        try:
+            return self._btf.func_id(name)
+        except BtfError:
+            raise Unsupported(f"{self.name}: the guest kernel has no kfunc {name}") from None
+
+    @property
+    def release(self) -> str:
+        return self.vm.hello.release if self.vm.hello else self.guest.kernel
+
+    def answer(self, case: Case, *, images: bool = False):
+        """Play ``case`` in the guest: (``Answer``, program infos)."""
+        self._ensure()
+        try:
+            req = protocol.build(case, self._kfunc_id, images=images)
+        except Unsupported as e:
+            return Answer("unsupported", str(e)), {}
+        except JitdiffError as e:
+            return Answer("error", str(e)), {}
+        try:
+            data = self.vm.call(req.payload, self.timeout)
+        except GuestDown as e:
+            return self._crashed(case, e.how, e.console), {}
+        # a kernel bug the kernel survived (a BUG: line without a panic)
+        text = self.vm.console()
+        new, self._console_seen = text[self._console_seen :], len(text)
+        if CRASH_TEXT.search(new):
+            self.vm.close()
+            self.vm.hello = None
+            return self._crashed(case, "logged a kernel bug", excerpt(new)), {}
+        try:
+            return protocol.parse_reply(req, data)
+        except (ValueError, IndexError) as e:
+            return Answer("error", f"{self.name}: malformed reply: {e}"), {}
+
+    def _crashed(self, case: Case, how: str, console: str) -> Answer:
+        self.vm.hello = None  # the next case boots a fresh guest
+        sig = f"guest-{self.arch}-" + signature(console, fallback=how)
+        head = (
+            f"kernel crash reproducer ({sig}): {self.name}, Linux {self.release} "
+            f"({self.guest.package} {self.guest.version}) {how} while loading/running this case"
+        )
+        note = [head] + [f"  {ln}" for ln in console.splitlines()]
+        rep = save_reproducer(self.crash_dir, case, sig, note)
+        crash = Crash(sig, how, console, 0, rep)
+        self.crashes.append(crash)
+        if self.options.get("stop_on_crash"):
+            raise KernelCrash(crash)
+        return Answer(
+            "crashed",
+            f"guest kernel crash {sig} ({self.name}, {self.release}): {how}; reproducer {rep}",
+            console,
+            crash=crash,
+        )
+
+    # -- the engine interface ---------------------------------------------------
+
+    def run(self, case: Case, *, budget: int = 0, lockstep: bool = False) -> CaseOutcome:
+        # budget and lockstep mean nothing here: the verifier bounds every run
+        ans, _ = self.answer(case)
+        return CaseOutcome(self.name, native_outcomes(case, ans))
+
+    def listing(self, case: Case) -> str:
+        from harness.guest.listing import render
+
+        ans, infos = self.answer(case, images=True)
+        if not infos:
+            raise JitdiffError(f"no {self.name} listing: {ans.detail or ans.status}")
+        machine = self.vm.hello.machine if self.vm.hello else "?"
+        head = f"{self.name}: Linux {self.release} ({machine})"
+        return head + "\n" + render(case, infos, ARCHES[self.arch])
+
+    def close(self) -> None:
+        self.vm.close()

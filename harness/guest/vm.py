@@ -1,0 +1,202 @@
+"""One running guest: qemu with the set-up kernel and initramfs, and the
+agent's virtio-serial port as a unix socket on the host.
+
+``Vm.boot()`` starts qemu (TCG, one vCPU, ``-no-reboot``; the kernel panics
+on an oops or a WARN, so any kernel bug ends the qemu process), connects to
+the port and waits for the agent's hello. ``Vm.call(payload, timeout)`` sends
+one request and returns the reply, or raises ``GuestDown`` (how it went down
+and the console excerpt) when qemu exits or the agent does not answer within
+``timeout`` seconds; the caller reboots for the next request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from harness.errors import JitdiffError
+from harness.guest import protocol
+from harness.guest.arches import Arch, arch
+from harness.guest.setup import Guest
+
+__all__ = ["Vm", "GuestDown", "BOOT_TIMEOUT", "CRASH_TEXT"]
+
+#: seconds from qemu's start to the agent's hello (TCG on a loaded machine)
+BOOT_TIMEOUT = 240.0
+MEMORY = "512M"
+#: console lines that mean the guest kernel hit a bug
+CRASH_TEXT = re.compile(
+    r"BUG:|Oops|general protection fault|WARNING:|Kernel panic|Unable to handle kernel"
+    r"|kernel stack overflow|Internal error:|Kernel BUG"
+)
+#: console lines kept around the first crash line
+EXCERPT_LINES = 60
+
+
+class GuestDown(JitdiffError):
+    """The guest stopped serving: ``how`` (exited, hung, ...) and ``console``
+    (the excerpt from the first kernel bug line, or the console's tail)."""
+
+    def __init__(self, how: str, console: str):
+        super().__init__(how)
+        self.how, self.console = how, console
+
+
+class Vm:
+    def __init__(self, guest: Guest, *, memory: str = MEMORY):
+        self.guest = guest
+        self.arch: Arch = arch(guest.arch)
+        self.memory = memory
+        self.hello: protocol.Hello | None = None
+        self.boot_seconds = 0.0
+        self.boots = 0
+        self._proc: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+        self._dir: str | None = None
+
+    @property
+    def console_path(self) -> Path:
+        assert self._dir is not None
+        return Path(self._dir) / "console.log"
+
+    def command(self, sock: str) -> list[str]:
+        a, g = self.arch, self.guest
+        append = (
+            f"console={a.console} loglevel=5 panic=1 oops=panic panic_on_warn=1 "
+            "rdinit=/init nokaslr"
+        )
+        return [
+            a.qemu, *a.machine, "-m", self.memory, "-smp", "1",
+            "-display", "none", "-monitor", "none", "-nic", "none", "-no-reboot",
+            "-serial", f"file:{self.console_path}",
+            "-kernel", g.vmlinuz, "-initrd", g.initrd, "-append", append,
+            "-device", "virtio-serial-pci",
+            "-chardev", f"socket,id=jd,path={sock},server=on,wait=off",
+            "-device", "virtserialport,chardev=jd,name=jitdiff",
+        ]  # fmt: skip
+
+    def boot(self) -> protocol.Hello:
+        self.close()
+        self._dir = tempfile.mkdtemp(prefix=f"jitdiff-{self.guest.arch}-")
+        sock = os.path.join(self._dir, "port")
+        t0 = time.monotonic()
+        self._proc = subprocess.Popen(
+            self.command(sock),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(self._dir, "qemu.err"), "wb"),  # noqa: SIM115
+        )
+        self.boots += 1
+        deadline = t0 + BOOT_TIMEOUT
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        while True:
+            try:
+                s.connect(sock)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    s.close()
+                    raise self._down("qemu did not start") from None
+                time.sleep(0.05)
+        self._sock = s
+        try:
+            hello = protocol.parse_hello(self._recv(deadline - time.monotonic(), "boot"))
+        except ValueError as e:
+            raise self._down(f"bad hello from the agent: {e}") from None
+        self.boot_seconds = time.monotonic() - t0
+        self.hello = hello
+        return hello
+
+    def call(self, payload: bytes, timeout: float) -> bytes:
+        if self._sock is None:
+            raise GuestDown("not booted", "")
+        try:
+            self._sock.sendall(struct.pack("<I", len(payload)) + payload)
+        except OSError:
+            raise self._down("the port closed") from None
+        return self._recv(timeout, "request")
+
+    def _recv(self, timeout: float, what: str) -> bytes:
+        assert self._sock is not None
+        deadline = time.monotonic() + max(timeout, 0.1)
+        buf = bytearray()
+        need = 4
+        length = None
+        while len(buf) < need:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._down(f"hung (no answer to the {what} in {timeout:.0f} s)")
+            self._sock.settimeout(min(left, 1.0))
+            try:
+                chunk = self._sock.recv(max(need - len(buf), 1 << 16))
+            except TimeoutError:
+                if self._proc is not None and self._proc.poll() is not None:
+                    raise self._down(f"qemu exited during the {what}") from None
+                continue
+            except OSError:
+                raise self._down(f"the port failed during the {what}") from None
+            if not chunk:
+                time.sleep(0.3)  # let qemu finish writing the console
+                raise self._down(f"the guest went down during the {what}")
+            buf += chunk
+            if length is None and len(buf) >= 4:
+                (length,) = struct.unpack_from("<I", buf, 0)
+                need = 4 + length
+        return bytes(buf[4:need])
+
+    def console(self) -> str:
+        try:
+            return self.console_path.read_text(errors="replace")
+        except (OSError, AssertionError):
+            return ""
+
+    def _down(self, how: str) -> GuestDown:
+        proc = self._proc
+        if proc is not None:
+            try:
+                proc.wait(timeout=3.0)  # a panicking guest exits by itself (-no-reboot)
+            except subprocess.TimeoutExpired:
+                pass
+            if proc.returncode is not None and "exited" not in how:
+                how += f" (qemu exited {proc.returncode})"
+        text = self.console()
+        self.close()
+        return GuestDown(how, excerpt(text))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def excerpt(console: str) -> str:
+    """From the first kernel bug line on, or the console's last lines."""
+    lines = console.splitlines()
+    bad = next((i for i, ln in enumerate(lines) if CRASH_TEXT.search(ln)), None)
+    if bad is None:
+        return "\n".join(lines[-20:])
+    return "\n".join(lines[max(bad - 2, 0) : bad + EXCERPT_LINES])
