@@ -28,7 +28,7 @@ from harness.errors import EngineUnavailable, JitdiffError, Unsupported
 from harness.guest import protocol
 from harness.guest.arches import ARCHES, DEFAULT_SUITE, SUITES
 from harness.guest.setup import Guest, host_missing, installed
-from harness.guest.vm import CRASH_TEXT, GuestDown, Vm, excerpt
+from harness.guest.vm import CRASH_TEXT, GuestDown, Vm, crash_kind, excerpt
 from harness.kernel.btf import Btf, BtfError
 from harness.kernel.crashes import signature
 from harness.kernel.worker import DEFAULT_CRASH_DIR, Answer, Crash, KernelCrash, save_reproducer
@@ -87,6 +87,8 @@ class GuestEngine(Engine):
             name, suite = parse_spec(spec)
         except JitdiffError as e:
             return str(e)
+        if suite not in ARCHES[name].suites:
+            return f"Debian {suite} has no {name} kernel (suites: {', '.join(ARCHES[name].suites)})"
         g = installed(name, suite)
         if g is None:
             return f"no {name} guest for {suite}: run `jitdiff guest setup {name} --suite {suite}`"
@@ -162,7 +164,7 @@ class GuestEngine(Engine):
 
     def _crashed(self, case: Case, how: str, console: str) -> Answer:
         self.vm.hello = None  # the next case boots a fresh guest
-        sig = f"guest-{self.arch}-" + signature(console, fallback=how)
+        sig = f"guest-{self.arch}-" + signature(console, fallback=crash_kind(console, how))
         head = (
             f"kernel crash reproducer ({sig}): {self.name}, Linux {self.release} "
             f"({self.guest.package} {self.guest.version}) {how} while loading/running this case"

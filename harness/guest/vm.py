@@ -26,7 +26,7 @@ from harness.guest import protocol
 from harness.guest.arches import Arch, arch
 from harness.guest.setup import Guest
 
-__all__ = ["Vm", "GuestDown", "BOOT_TIMEOUT", "CRASH_TEXT"]
+__all__ = ["Vm", "GuestDown", "BOOT_TIMEOUT", "CRASH_TEXT", "excerpt", "crash_kind"]
 
 #: seconds from qemu's start to the agent's hello (TCG on a loaded machine)
 BOOT_TIMEOUT = 240.0
@@ -34,7 +34,7 @@ MEMORY = "512M"
 #: console lines that mean the guest kernel hit a bug
 CRASH_TEXT = re.compile(
     r"BUG:|Oops|general protection fault|WARNING:|Kernel panic|Unable to handle kernel"
-    r"|kernel stack overflow|Internal error:|Kernel BUG"
+    r"|kernel stack overflow|Internal error:|Kernel BUG|Insufficient stack space"
 )
 #: console lines kept around the first crash line
 EXCERPT_LINES = 60
@@ -200,3 +200,14 @@ def excerpt(console: str) -> str:
     if bad is None:
         return "\n".join(lines[-20:])
     return "\n".join(lines[max(bad - 2, 0) : bad + EXCERPT_LINES])
+
+
+def crash_kind(console: str, fallback: str) -> str:
+    """The first kernel bug line without its timestamp and numbers (what
+    ``harness.kernel.crashes.signature`` falls back to when the console has
+    none of the host's crash lines, e.g. a bare panic)."""
+    for ln in console.splitlines():
+        m = CRASH_TEXT.search(ln)
+        if m:
+            return re.sub(r"0x[0-9a-f]+|[0-9a-f]{8,}|\d+", "", ln[m.start() :])[:60]
+    return fallback
