@@ -222,8 +222,11 @@ def cmd_guest(args) -> int:
         if not args.arch:
             raise JitdiffError(f"guest setup needs an arch (known: {', '.join(ARCHES)})")
         for name in args.arch:
+            from harness.engines.guest import verify
+
             g = gs.setup(name, args.suite, refresh=args.refresh, log=lambda m: print(m, flush=True))
-            print(f"guest:{name}@{g.suite}: Linux {g.kernel} ({g.package} {g.version}) ready")
+            print(f"guest:{name}@{g.suite}: Linux {g.kernel} ({g.package} {g.version}) set up")
+            print(verify(f"guest:{name}@{g.suite}"), flush=True)
         return 0
     for name in args.arch or list(ARCHES):
         for suite in ARCHES[name].suites if name in ARCHES else ():

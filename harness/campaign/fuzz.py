@@ -41,7 +41,7 @@ from generators.config import Config
 from generators.coverage import report as coverage_report
 from generators.draw import ChoiceDraw, RandomDraw
 from generators.systems import build_system
-from harness import report
+from harness import engines, report
 from harness.campaign.known import known
 from harness.campaign.reduce import reduce_case
 from harness.campaign.runner import Runner
@@ -404,6 +404,11 @@ def run_campaign(camp: Campaign, *, stream=None, out=None) -> Summary:
         if "crash_dir" not in camp.options:
             # kernel crash reproducers go with the campaign's corpus
             camp = replace(camp, options={**camp.options, "crash_dir": camp.corpus / "crashes"})
+    narrowed = engines.narrow(camp.engines, camp.config)
+    if narrowed != camp.config:
+        off = sorted(f for f in camp.config.enabled() - narrowed.enabled())
+        print(f"generation narrowed to what the engines load: off {', '.join(off)}", file=stream)
+        camp = replace(camp, config=narrowed)
     summary = Summary()
     start = time.monotonic()
     ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")

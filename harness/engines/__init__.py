@@ -16,7 +16,9 @@ from harness.outcome import CaseOutcome
 from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 
-__all__ = ["Engine", "ENGINES", "get", "get_spec", "base_name", "available", "DEFAULT_ENGINES"]
+__all__ = [
+    "Engine", "ENGINES", "get", "get_spec", "base_name", "available", "narrow", "DEFAULT_ENGINES",
+]  # fmt: skip
 
 
 class Engine(ABC):
@@ -42,6 +44,12 @@ class Engine(ABC):
 
     def listing(self, case: Case) -> str:
         return ""
+
+    @classmethod
+    def narrow_spec(cls, spec: str, config):
+        """The generator config (``generators.Config``) without the shapes
+        this engine cannot run (the guests' kernels differ)."""
+        return config
 
     def close(self) -> None:
         pass
@@ -78,6 +86,17 @@ def available(name: str) -> str | None:
         return _class(base_name(name)).unavailable_spec(name)
     except EngineUnavailable as e:
         return str(e)
+
+
+def narrow(specs, config):
+    """``config`` narrowed by every engine of ``specs`` (generation then never
+    draws a shape one of them cannot run)."""
+    for spec in specs:
+        try:
+            config = _class(base_name(spec)).narrow_spec(spec, config)
+        except JitdiffError:
+            pass
+    return config
 
 
 def get(name: str, profile: Profile = LINUX, **options) -> Engine:

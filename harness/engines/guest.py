@@ -19,6 +19,8 @@ next case boots a fresh guest. The host's list of known-crashing shapes
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from harness.engines.kernel_native import native_outcomes
 from harness.errors import EngineUnavailable, JitdiffError, Unsupported
 from harness.guest import protocol
 from harness.guest.arches import ARCHES, DEFAULT_SUITE, SUITES
+from harness.guest.probes import case_needs, narrow_switches, probe_cases
 from harness.guest.setup import Guest, host_missing, installed
 from harness.guest.vm import CRASH_TEXT, GuestDown, Vm, crash_kind, excerpt
 from harness.kernel.btf import Btf, BtfError
@@ -36,7 +39,7 @@ from harness.outcome import CaseOutcome
 from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 
-__all__ = ["GuestEngine", "parse_spec"]
+__all__ = ["GuestEngine", "parse_spec", "verify"]
 
 #: seconds a request may take before the guest counts as hung
 REQUEST_TIMEOUT = 60.0
@@ -182,12 +185,66 @@ class GuestEngine(Engine):
             crash=crash,
         )
 
+    # -- capabilities (harness.guest.probes) ------------------------------------------
+
+    def capabilities(self) -> dict[str, str]:
+        """Probed capability -> "" when the guest's kernel has it, else why
+        not; probed once per kernel and agent, then read from the cache."""
+        path = Path(self.guest.initrd).parent / "capabilities.json"
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("agent") == self.guest.agent:
+                return cached["found"]
+        except (OSError, ValueError, KeyError):
+            pass
+        found = {}
+        for name, case in probe_cases().items():
+            ans, _ = self.answer(case)
+            if ans.status == "ok" and all(not r.error for r in ans.runs):
+                found[name] = ""
+            else:
+                found[name] = (ans.detail or ans.status).splitlines()[0]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"agent": self.guest.agent, "found": found}, indent=1))
+        os.replace(tmp, path)
+        return found
+
+    @classmethod
+    def narrow_spec(cls, spec: str, config):
+        """``config`` without the shapes the guest's kernel cannot load (from
+        the capabilities probed at set-up; unchanged when never probed)."""
+        try:
+            name, suite = parse_spec(spec)
+        except JitdiffError:
+            return config
+        g = installed(name, suite)
+        if g is None or g.no_jit:
+            return config
+        try:
+            cached = json.loads((Path(g.initrd).parent / "capabilities.json").read_text())
+        except (OSError, ValueError):
+            return config
+        return config.but(**narrow_switches(cached.get("found", {})))
+
     # -- the engine interface ---------------------------------------------------
 
     def run(self, case: Case, *, budget: int = 0, lockstep: bool = False) -> CaseOutcome:
         # budget and lockstep mean nothing here: the verifier bounds every run
+        missing = self._missing(case)
+        if missing:
+            return CaseOutcome(self.name, native_outcomes(case, Answer("unsupported", missing)))
         ans, _ = self.answer(case)
         return CaseOutcome(self.name, native_outcomes(case, ans))
+
+    def _missing(self, case: Case) -> str:
+        need = case_needs(case)
+        if not need:
+            return ""
+        caps = self.capabilities()
+        for cap in sorted(need):
+            if caps.get(cap):
+                return f"{self.name} (Linux {self.release}) has no {cap}: {caps[cap]}"
+        return ""
 
     def listing(self, case: Case) -> str:
         from harness.guest.listing import render
@@ -201,3 +258,22 @@ class GuestEngine(Engine):
 
     def close(self) -> None:
         self.vm.close()
+
+
+def verify(spec: str) -> str:
+    """Boot a set-up guest once and probe it: one line saying how long the
+    boot took and what its kernel loads (``jitdiff guest setup`` ends so)."""
+    eng = GuestEngine(spec=spec)
+    try:
+        hello = eng._ensure()
+        caps = eng.capabilities()
+    finally:
+        eng.close()
+    has = [c for c, why in caps.items() if not why]
+    lacks = [f"{c} ({why})" for c, why in caps.items() if why]
+    line = (
+        f"{spec}: booted in {eng.vm.boot_seconds:.1f} s, Linux {hello.release} "
+        f"{hello.machine}, bpf_jit_enable={hello.jit_enable}, "
+        f"BTF {'yes' if hello.btf else 'none'}; loads: {', '.join(has) or 'none of the probes'}"
+    )
+    return line + (f"; not: {'; '.join(lacks)}" if lacks else "")
