@@ -64,16 +64,19 @@ class Runner:
         self.engines = [
             engines.get_spec(n, profile, **options) for n in candidates if n != "interp"
         ]
+        #: reference interpreters of the engines judged by another profile
+        self._others: dict[str, engines.Engine] = {}
 
     def check(self, case: Case, *, lockstep: bool = False) -> Result:
         ref = self.reference.run(case, budget=REFERENCE_BUDGET, lockstep=lockstep)
-        steps = max((r.steps for r in ref.runs), default=0)
         result = Result(ref)
         for eng in self.engines:
+            own = self._reference_for(eng, case, ref, lockstep)
+            steps = max((r.steps for r in own.runs), default=0)
             out = eng.run(case, budget=native_budget(steps), lockstep=lockstep)
-            v, d = compare_case(ref.runs, out.runs)
+            v, d = compare_case(own.runs, out.runs)
             if v is Verdict.POISONED:
-                v, d = rejection(ref.runs, out.runs) or (v, d)
+                v, d = rejection(own.runs, out.runs) or (v, d)
             result.candidates[eng.name] = (v, d, out)
         return result
 
@@ -85,6 +88,17 @@ class Runner:
             worker = getattr(e, "worker", None)
             total.update(getattr(worker, "incidents", {}))
         return total
+
+    def _reference_for(self, eng, case: Case, ref: CaseOutcome, lockstep: bool) -> CaseOutcome:
+        """The reference run under the engine's own profile (most engines:
+        the runner's, already run)."""
+        prof = eng.reference_profile(self.profile)
+        if prof == self.profile:
+            return ref
+        interp = self._others.get(prof.name)
+        if interp is None:
+            interp = self._others[prof.name] = engines.get("interp", prof)
+        return interp.run(case, budget=REFERENCE_BUDGET, lockstep=lockstep)
 
     def pinpoint(
         self, case: Case, engine: str, run: int

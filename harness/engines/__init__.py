@@ -45,6 +45,12 @@ class Engine(ABC):
     def listing(self, case: Case) -> str:
         return ""
 
+    def reference_profile(self, profile: Profile) -> Profile:
+        """The semantics this engine is judged by: ``profile`` itself, or a
+        variant of it when the engine found its kernel does otherwise (a
+        guest's JIT that counts failed tail calls, ``harness.guest.probes``)."""
+        return profile
+
     @classmethod
     def narrow_spec(cls, spec: str, config):
         """The generator config (``generators.Config``) without the shapes

@@ -24,6 +24,7 @@ import os
 import re
 from pathlib import Path
 
+from harness.campaign.runner import expectation_failures
 from harness.engines import Engine
 from harness.engines.kernel_native import native_outcomes
 from harness.errors import EngineUnavailable, JitdiffError, Unsupported
@@ -200,10 +201,12 @@ class GuestEngine(Engine):
         found = {}
         for name, case in probe_cases().items():
             ans, _ = self.answer(case)
-            if ans.status == "ok" and all(not r.error for r in ans.runs):
+            runs = native_outcomes(case, ans)
+            failed = expectation_failures(case, runs) if ans.status == "ok" else []
+            if ans.status == "ok" and not failed and all(not r.error for r in ans.runs):
                 found[name] = ""
             else:
-                found[name] = (ans.detail or ans.status).splitlines()[0]
+                found[name] = (failed[0] if failed else ans.detail or ans.status).splitlines()[0]
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"agent": self.guest.agent, "found": found}, indent=1))
         os.replace(tmp, path)
@@ -225,6 +228,13 @@ class GuestEngine(Engine):
         except (OSError, ValueError):
             return config
         return config.but(**narrow_switches(cached.get("found", {})))
+
+    def reference_profile(self, profile: Profile) -> Profile:
+        if self.capabilities().get("empty_slot_keeps_budget", ""):
+            return profile.but(
+                name=f"{profile.name}+empty-slot-counts", empty_slot_consumes_budget=True
+            )
+        return profile
 
     # -- the engine interface ---------------------------------------------------
 

@@ -1,13 +1,13 @@
-"""What a guest's kernel accepts, discovered by loading tiny systems at
+"""What a guest's kernel accepts, discovered by running tiny systems at
 set-up, not assumed per arch.
 
-Each probe is a case the verifier accepts on a kernel with the feature and
-rejects without it (``--suite`` kernels differ as much as arches do: arm64
-6.1 has no subprogram tail calls, 32-bit kernels have no BTF and so no
-``bpf_throw``). The answers become generator switches that are turned off
-(``narrow``): generation never draws a shape the guest cannot load. Private
-stacks are a JIT decision invisible to user space, so there is no probe for
-them: a guest runs whatever the generators draw, on its own stack or not.
+Each probe is a case whose runs succeed, with its own expectations holding,
+on a kernel with the feature (the verifier rejects it without; kernels of
+one arch differ by suite as much as arches do: riscv64 6.12 loads neither a
+tail call mixed with subprograms nor ``bpf_throw``). Missing capabilities
+turn generator switches off (``narrow_switches``), so generation never draws
+a shape the guest cannot load. Private stacks are a JIT decision invisible
+to user space: there is no probe for them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ __all__ = ["PROBES", "probe_cases", "narrow_switches", "case_needs"]
 
 #: capability -> (generator switches it gates, the probe case)
 PROBES: dict[str, tuple[tuple[str, ...], str]] = {
-    "tail_calls_in_subprograms": (
+    # the verifier gates any mix of tail calls and bpf-to-bpf calls on the
+    # JIT's support (bpf_jit_supports_subprog_tailcalls); a tail call from a
+    # subprogram is the mix's hardest shape
+    "tail_calls_with_subprograms": (
         ("tail_calls_in_subprograms",),
         """
 map jmp_table prog_array max_entries=1
@@ -73,6 +76,39 @@ cb:
 run entry
 """,
     ),
+    # not a load probe: the JIT's tail-call semantics. A tail call to an empty
+    # slot falls through; whether it still counts towards the 33 differs (the
+    # interpreter counts it, the x86-64 and arm64 JITs do not). Present means
+    # it does not count (the reference's LINUX profile); absent switches the
+    # guest's reference to empty_slot_consumes_budget.
+    "empty_slot_keeps_budget": (
+        (),
+        """
+map jmp_table prog_array max_entries=2
+    0 = entry
+map counts array max_entries=1 value_size=8
+
+program entry sched_cls
+main:
+    r6 = r1
+    r2 = map[jmp_table] ll
+    r3 = 1
+    call bpf_tail_call
+    r1 = map_value[counts] ll
+    r2 = 1
+    lock *(u64 *)(r1 + 0) += r2
+    r1 = r6
+    r2 = map[jmp_table] ll
+    r3 = 0
+    call bpf_tail_call
+    r0 = 3
+    exit
+
+run entry
+    expect retval 3
+    expect map counts 0 = 22 00 00 00 00 00 00 00
+""",
+    ),
 }
 
 
@@ -94,7 +130,7 @@ def narrow_switches(capabilities: dict[str, str]) -> dict[str, bool]:
 
 
 def case_needs(case: Case) -> set[str]:
-    """The probed capabilities a case's shape relies on."""
+    """The probed capabilities a case's shape needs to load."""
     from harness.formats import isa
     from harness.reference.helpers import KFUNC_IDS, TAIL_CALL
 
@@ -103,11 +139,11 @@ def case_needs(case: Case) -> set[str]:
         if prog.exception_callback is not None:
             need.add("exception_callback")
         starts = prog.function_starts()
-        for pc, i in enumerate(prog.insns):
+        for i in prog.insns:
             if i.opcode != isa.JMP | isa.CALL:
                 continue
             if i.src == isa.PSEUDO_KFUNC_CALL and i.imm == KFUNC_IDS["bpf_throw"]:
                 need.add("bpf_throw")
-            elif i.src == 0 and i.imm == TAIL_CALL and any(0 < s <= pc for s in starts):
-                need.add("tail_calls_in_subprograms")
+            elif i.src == 0 and i.imm == TAIL_CALL and len(starts) > 1:
+                need.add("tail_calls_with_subprograms")
     return need

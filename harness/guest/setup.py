@@ -362,6 +362,28 @@ def _kernel_packages(apt: PrivateApt, a: Arch) -> list[str]:
     return out
 
 
+def _older_kernel(apt: PrivateApt, a: Arch, failed: str, log) -> str:
+    """The newest other kernel image of the flavour in the suite whose .deb
+    the archive serves (set-up says which it took instead)."""
+    pat = re.compile(rf"^linux-image-(\d[\w.+~]*)-{re.escape(a.flavour)}(-unsigned)?$")
+    names = [n for n in apt.run("apt-cache", "pkgnames", "linux-image-").split() if pat.match(n)]
+
+    def key(n: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", pat.match(n).group(1)))
+
+    for name in sorted(set(names), key=key, reverse=True):
+        pkg = f"{name}:{a.name}"
+        if name == failed.split(":")[0]:
+            continue
+        try:
+            apt.download(pkg)
+        except SetupError:
+            continue
+        log(f"using {pkg} instead of {failed} (the archive does not serve the latter)")
+        return pkg
+    raise SetupError(f"no {a.flavour} kernel of {apt.suite} downloads from the archive")
+
+
 def _config_flags(text: str) -> dict[str, str]:
     flags = {}
     for line in text.splitlines():
@@ -407,7 +429,15 @@ def _fetch_kernel(apt: PrivateApt, a: Arch, log) -> tuple[str, str, str, Path, P
 
         for pkg in pkgs:
             log(f"fetching {pkg} ({apt.suite})")
-            _unpack(apt.download(pkg), tmp, wanted)
+            try:
+                deb = apt.download(pkg)
+            except SetupError as e:
+                # the archive snapshot lacks some foreign-arch .debs (404)
+                log(f"{e}")
+                pkg = _older_kernel(apt, a, pkg, log)
+                pkgs = [pkg]
+                deb = apt.download(pkg)
+            _unpack(deb, tmp, wanted)
             if wanted(None):
                 break
         if image is None or config is None:

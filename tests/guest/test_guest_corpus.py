@@ -10,6 +10,7 @@ import pytest
 from harness import engines
 from harness.campaign.runner import Runner, expectation_failures
 from harness.formats import casefile
+from harness.reference.profile import LINUX
 from tests.guest.conftest import guest_specs
 
 ROOT = Path(__file__).resolve().parents[2] / "corpus"
@@ -44,8 +45,11 @@ def test_corpus_case_on_guest(path: Path, spec: str):
     assert divergence is None, str(divergence)
     assert verdict.value == "agree", [r.detail for r in out.runs]
     # retval (low 32 bits) and maps are what a test run shows: the case's
-    # own expectations hold on them too
-    assert not expectation_failures(case, out.runs)
+    # own expectations hold on them too, unless the guest's JIT was found to
+    # count failed tail calls (riscv64): then it agrees with that reference
+    eng = _runner(spec).engines[0]
+    if eng.reference_profile(LINUX) == LINUX:
+        assert not expectation_failures(case, out.runs)
 
 
 @pytest.mark.parametrize("spec", SPECS)
