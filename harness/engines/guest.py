@@ -126,7 +126,8 @@ class GuestEngine(Engine):
                 self._btf = Btf(hello.btf)
             except BtfError:
                 self._btf = None
-        self._console_seen = 0
+        # what the console holds now is the boot's, not a case's
+        self._console_seen = len(self.vm.console())
         return hello
 
     def _kfunc_id(self, name: str) -> int:
@@ -199,17 +200,20 @@ class GuestEngine(Engine):
         except (OSError, ValueError, KeyError):
             pass
         found = {}
+        crashed = False
         for name, case in probe_cases().items():
             ans, _ = self.answer(case)
+            crashed |= ans.status == "crashed"
             runs = native_outcomes(case, ans)
             failed = expectation_failures(case, runs) if ans.status == "ok" else []
             if ans.status == "ok" and not failed and all(not r.error for r in ans.runs):
                 found[name] = ""
             else:
                 found[name] = (failed[0] if failed else ans.detail or ans.status).splitlines()[0]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"agent": self.guest.agent, "found": found}, indent=1))
-        os.replace(tmp, path)
+        if not crashed:  # a probe that crashed the guest says nothing of the kernel
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"agent": self.guest.agent, "found": found}, indent=1))
+            os.replace(tmp, path)
         return found
 
     @classmethod

@@ -18,7 +18,7 @@ What it does, each step skipped when its result is already cached:
 
 Layout under ``${XDG_CACHE_HOME:-~/.cache}/jitdiff/guests``::
 
-    apt/<suite>/                   private apt state and downloaded .debs
+    apt/<suite>-<arch>/            private apt state and downloaded .debs
     <arch>/<suite>/current.json    the guest to boot (a ``Guest`` as JSON)
     <arch>/<suite>/<kernel>/       vmlinuz, config, initrd.gz, agent
 """
@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.errors import JitdiffError
-from harness.guest.arches import ARCHES, DEFAULT_SUITE, SUITES, Arch, arch
+from harness.guest.arches import DEFAULT_SUITE, SUITES, Arch, arch
 
 __all__ = ["Guest", "SetupError", "NoJit", "cache_root", "setup", "installed", "host_arch"]
 
@@ -217,18 +217,19 @@ def _host_uris() -> tuple[str, str | None]:
 
 
 class PrivateApt:
-    """apt-get with its own state: nothing of the host's apt changes."""
+    """apt-get with its own state, one per suite and arch (one arch's lists
+    keep every apt-cache call short): nothing of the host's apt changes."""
 
-    def __init__(self, suite: str, root: Path):
-        self.suite = suite
-        self.dir = root / "apt" / suite
+    def __init__(self, suite: str, arch_name: str, root: Path):
+        self.suite, self.arch = suite, arch_name
+        self.dir = root / "apt" / f"{suite}-{arch_name}"
         self.debs = self.dir / "debs"
         self.config = self.dir / "apt.conf"
 
     def _write(self) -> None:
         main, security = _host_uris()
-        archs = " ".join(["amd64", *sorted(a for a in ARCHES if a != "amd64")])
-        opts = f"[arch={archs.replace(' ', ',')} signed-by={KEYRING}]"
+        archs = self.arch
+        opts = f"[arch={self.arch} signed-by={KEYRING}]"
         lines = [f"deb {opts} {main} {self.suite} main"]
         if self.suite != "sid":
             lines.append(f"deb {opts} {main} {self.suite}-updates main")
@@ -248,7 +249,7 @@ Dir::Etc::SourceList "{self.dir}/sources.list";
 Dir::Etc::SourceParts "{self.dir}/parts";
 Dir::Etc::Preferences "{self.dir}/prefs/none";
 Dir::Etc::PreferencesParts "{self.dir}/prefs";
-APT::Architecture "{host_arch()}";
+APT::Architecture "{self.arch}";
 APT::Architectures {{ {arch_list}}};
 Acquire::Check-Valid-Until "false";
 Acquire::Languages "none";
@@ -530,7 +531,7 @@ def setup(name: str, suite: str = DEFAULT_SUITE, *, refresh: bool = False, log=p
         raise SetupError(f"Debian {suite} has no {name} kernel (suites: {', '.join(a.suites)})")
     ensure_host(a, log)
     root = cache_root()
-    apt = PrivateApt(suite, root)
+    apt = PrivateApt(suite, name, root)
     apt.update(refresh)
     release, pkg, version, vmlinuz, config = _cached_kernel(apt, a, refresh, log)
     dest = vmlinuz.parent

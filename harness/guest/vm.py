@@ -33,7 +33,9 @@ BOOT_TIMEOUT = 240.0
 MEMORY = "512M"
 #: console lines that mean the guest kernel hit a bug
 CRASH_TEXT = re.compile(
-    r"BUG:|Oops|general protection fault|WARNING:|Kernel panic|Unable to handle kernel"
+    # "WARNING: CPU:" is a WARN() splat; a bare "WARNING:" is also printed by
+    # harmless boot messages (ppc64's "WARNING: nvram corruption detected")
+    r"BUG:|Oops|general protection fault|WARNING: CPU:|Kernel panic|Unable to handle kernel"
     r"|kernel stack overflow|Internal error:|Kernel BUG|Insufficient stack space"
 )
 #: console lines kept around the first crash line
