@@ -58,7 +58,7 @@ def test_the_guest_runs_jited_code(spec: str):
     JIT off the kernel reports no image and the interpreter would run)."""
     _usable(spec)
     eng = _runner(spec).engines[0]
-    case = casefile.load(ROOT / "subprogs" / "tail_call_after_subprog_call.case")
+    case = casefile.load(ROOT / "poke" / "slot_transitions.case")
     ans, infos = eng.answer(case, images=True)
     assert ans.status == "ok", ans.detail
     assert set(infos) == set(case.programs)
