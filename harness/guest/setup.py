@@ -385,6 +385,51 @@ def _older_kernel(apt: PrivateApt, a: Arch, failed: str, log) -> str:
     raise SetupError(f"no {a.flavour} kernel of {apt.suite} downloads from the archive")
 
 
+# the virtio drivers a guest needs; bookworm builds them as modules
+_MODULE = re.compile(r"^(?:usr/)?lib/modules/[^/]+/kernel/drivers/(?:virtio|char)/(virtio\w*)\.ko$")
+
+
+def _module_roots(config: str) -> list[str]:
+    """The modules a guest must load for its virtio-serial port (none when
+    the drivers are built in)."""
+    f = _config_flags(config)
+    return [m for opt, m in (("VIRTIO_PCI", "virtio_pci"), ("VIRTIO_CONSOLE", "virtio_console"))
+            if f.get(opt) == "m"]  # fmt: skip
+
+
+def _keep_modules(tree: Path, config: str, dest: Path) -> None:
+    """Copy the modules the roots need to ``dest`` with ``order`` (one name a
+    line, dependencies first), read from each module's ``depends=``."""
+    roots = _module_roots(config)
+    shutil.rmtree(dest, ignore_errors=True)
+    if not roots:
+        return
+    found = {}
+    for p in tree.rglob("*.ko"):
+        m = _MODULE.match(p.relative_to(tree).as_posix())
+        if m:
+            found[m.group(1)] = p
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        if name not in found:
+            raise SetupError(f"module {name} is not in the kernel package")
+        m = re.search(rb"depends=([\w,-]*)\0", found[name].read_bytes())
+        for dep in m.group(1).decode().split(",") if m else []:
+            if dep:
+                visit(dep.replace("-", "_"))
+        order.append(name)
+
+    for r in roots:
+        visit(r)
+    dest.mkdir(parents=True)
+    for name in order:
+        shutil.copyfile(found[name], dest / f"{name}.ko")
+    (dest / "order").write_text("\n".join(order) + "\n")
+
+
 def _config_flags(text: str) -> dict[str, str]:
     flags = {}
     for line in text.splitlines():
@@ -403,8 +448,8 @@ def no_jit_reason(config: str, a: Arch) -> str:
         if a.note:
             why += f" ({a.note})"
         return f"the {a.name} kernel has no eBPF JIT: {why}"
-    if f.get("VIRTIO_CONSOLE") != "y":
-        return f"the {a.name} kernel has no built-in virtio console (CONFIG_VIRTIO_CONSOLE)"
+    if f.get("VIRTIO_CONSOLE") not in ("y", "m"):
+        return f"the {a.name} kernel has no virtio console (CONFIG_VIRTIO_CONSOLE)"
     return ""
 
 
@@ -418,7 +463,11 @@ def _fetch_kernel(apt: PrivateApt, a: Arch, log) -> tuple[str, str, str, Path, P
         def wanted(name: str | None) -> bool:
             nonlocal image, config, release
             if name is None:
-                return image is not None and config is not None
+                # stop at the image and config, unless the config says the
+                # virtio modules are modules: then read on for them
+                if image is None or config is None:
+                    return False
+                return not _module_roots(config.read_text(errors="replace"))
             m = _IMAGE.match(name)
             if m:
                 image, release = tmp / name, m.group(1) or m.group(2)
@@ -426,7 +475,7 @@ def _fetch_kernel(apt: PrivateApt, a: Arch, log) -> tuple[str, str, str, Path, P
             if _CONFIG.match(name):
                 config = tmp / name
                 return True
-            return False
+            return bool(_MODULE.match(name))
 
         for pkg in pkgs:
             log(f"fetching {pkg} ({apt.suite})")
@@ -453,6 +502,7 @@ def _fetch_kernel(apt: PrivateApt, a: Arch, log) -> tuple[str, str, str, Path, P
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(image, dest / "vmlinuz")
         shutil.copyfile(config, dest / "config")
+        _keep_modules(tmp, config.read_text(errors="replace"), dest / "modules")
         return release, pkg_name, version, dest / "vmlinuz", dest / "config"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -470,6 +520,10 @@ INIT = """#!/bin/busybox sh
 echo 1 > /proc/sys/net/core/bpf_jit_enable
 echo 0 > /proc/sys/net/core/bpf_jit_harden
 echo 0 > /proc/sys/kernel/kptr_restrict
+# drivers the kernel has as modules (bookworm's virtio), dependencies first
+if [ -f /lib/modules/order ]; then
+    for m in $(/bin/busybox cat /lib/modules/order); do /bin/busybox insmod /lib/modules/$m.ko; done
+fi
 exec /agent
 """
 
@@ -494,10 +548,12 @@ def build_agent(a: Arch, out: Path) -> None:
         raise SetupError(f"{cc} agent.c failed: {r.stderr.strip().splitlines()[-1:]}")
 
 
-def build_initrd(busybox: Path, agent: Path, out: Path) -> None:
+def build_initrd(busybox: Path, agent: Path, out: Path, modules: Path | None = None) -> None:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         (root / "bin").mkdir()
+        if modules is not None and modules.is_dir():
+            shutil.copytree(modules, root / "lib" / "modules")
         shutil.copyfile(busybox, root / "bin" / "busybox")
         shutil.copyfile(agent, root / "agent")
         (root / "init").write_text(INIT)
@@ -550,7 +606,7 @@ def setup(name: str, suite: str = DEFAULT_SUITE, *, refresh: bool = False, log=p
                     raise SetupError(f"{bb_deb.name}: no busybox binary in the package")
                 log(f"building the {name} agent and initramfs")
                 build_agent(a, dest / "agent")
-                build_initrd(busybox, dest / "agent", initrd)
+                build_initrd(busybox, dest / "agent", initrd, dest / "modules")
             stamp.write_text(ahash)
     g = Guest(
         name, suite, release, pkg.split(":")[0], version, str(vmlinuz), str(config), str(initrd),
@@ -572,7 +628,11 @@ def _cached_kernel(apt: PrivateApt, a: Arch, refresh: bool, log):
     if not refresh and cur.is_file():
         try:
             g = Guest.load(cur)
-            if Path(g.vmlinuz).is_file() and Path(g.config).is_file():
+            kernel_dir = Path(g.vmlinuz).parent
+            needs = _module_roots(Path(g.config).read_text(errors="replace"))
+            if (kernel_dir / "vmlinuz").is_file() and (
+                not needs or (kernel_dir / "modules" / "order").is_file()
+            ):
                 return g.kernel, g.package, g.version, Path(g.vmlinuz), Path(g.config)
         except (OSError, ValueError, TypeError):
             pass
