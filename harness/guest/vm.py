@@ -71,8 +71,10 @@ class Vm:
     def command(self, sock: str) -> list[str]:
         a, g = self.arch, self.guest
         append = (
+            # every kernel bug ends the guest: oops, WARN, and a CPU stuck in
+            # the kernel for 10 s (a runaway tail-call loop) all panic
             f"console={a.console} loglevel=5 panic=1 oops=panic panic_on_warn=1 "
-            "rdinit=/init nokaslr"
+            "softlockup_panic=1 watchdog_thresh=5 rdinit=/init nokaslr"
         )
         return [
             a.qemu, *a.machine, "-m", self.memory, "-smp", "1",
