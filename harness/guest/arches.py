@@ -141,7 +141,7 @@ ARCHES: dict[str, Arch] = {
             ("bookworm", "trixie"),
             "qemu-system-arm",
             "qemu-system-arm",
-            ("-machine", "virt", "-cpu", "cortex-a15"),
+            ("-machine", "virt,highmem=off", "-cpu", "cortex-a15"),
             "ttyAMA0",
             "arm-linux-gnueabihf",
             ("CS_ARCH_ARM", ("CS_MODE_ARM",)),

@@ -95,8 +95,9 @@ main:
     r3 = 1
     call bpf_tail_call
     r1 = map_value[counts] ll
-    r2 = 1
-    lock *(u64 *)(r1 + 0) += r2
+    r2 = *(u64 *)(r1 + 0)
+    r2 += 1
+    *(u64 *)(r1 + 0) = r2
     r1 = r6
     r2 = map[jmp_table] ll
     r3 = 0

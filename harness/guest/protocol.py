@@ -12,7 +12,9 @@ judges both.
 Wire format: little-endian; a message is ``u32 length`` + bytes; a blob is
 ``u32 length`` + bytes. Request: ``u32 nops`` then per op ``u32 code`` and its
 fields. Reply: ``u32 ndone`` then per op ``u32 code, u32 errno`` and its
-results. A failed map creation or program load ends the request.
+results. A failed map creation or program load ends the request. A loaded
+program's reply ends with its JIT image size: a program the JIT gave up on
+(the kernel falls back to the interpreter) is ``unsupported``, never run.
 """
 
 from __future__ import annotations
@@ -185,6 +187,12 @@ def parse_reply(req: Request, data: bytes) -> tuple[Answer, dict[str, ProgInfo]]
                 rej = Rejected(err, log, f"btf of {what}" if stage else f"prog {what}")
                 detail = f"{rej.what} rejected ({rej.errno_name}): {rej.reason}"
                 return Answer("rejected", detail, log), infos
+            if r.u32() == 0:  # jited_prog_len
+                return Answer(
+                    "unsupported",
+                    f"prog {what}: the JIT gave up on it and the kernel would run it in the "
+                    "interpreter (no JIT image)",
+                ), infos
         elif code == TEST_RUN:
             retval, nmaps = r.u32(), r.u32()
             values = [r.blob() for _ in range(nmaps)]

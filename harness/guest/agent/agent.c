@@ -263,6 +263,12 @@ static int prog_load(struct rd *r, struct buf *out) {
 	free(insns);
 	if (fd < 0) return fd;
 	progs[nprogs++] = fd;
+	/* the JIT may give up on a program the verifier passed (a 32-bit JIT
+	 * without 64-bit atomics): the kernel then runs it in the interpreter,
+	 * which must not pass for the JIT. Report the image size (0: none). */
+	uint8_t info[INFO_SIZE] = {0}, i[ATTR_SIZE] = {0};
+	SET32(i, 0, fd); SET32(i, 4, INFO_SIZE); SET64(i, 8, ptr(info));
+	put32(out, sys_bpf(BPF_OBJ_GET_INFO_BY_FD, i, 16) < 0 ? 0 : GET32(info, 16));
 	return 0;
 }
 
