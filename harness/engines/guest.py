@@ -31,7 +31,7 @@ from harness.errors import EngineUnavailable, JitdiffError, Unsupported
 from harness.guest import protocol
 from harness.guest.arches import ARCHES, DEFAULT_SUITE, SUITES
 from harness.guest.probes import case_needs, narrow_switches, probe_cases
-from harness.guest.setup import Guest, host_missing, installed
+from harness.guest.setup import Guest, agent_hash, host_missing, installed
 from harness.guest.vm import CRASH_TEXT, GuestDown, Vm, crash_kind, excerpt
 from harness.kernel.btf import Btf, BtfError
 from harness.kernel.crashes import signature
@@ -98,6 +98,11 @@ class GuestEngine(Engine):
             return f"no {name} guest for {suite}: run `jitdiff guest setup {name} --suite {suite}`"
         if g.no_jit:
             return g.no_jit
+        if g.agent != agent_hash():
+            return (
+                f"the {name} guest's agent is older than this jitdiff: "
+                f"run `jitdiff guest setup {name} --suite {suite}`"
+            )
         need = host_missing(ARCHES[name])
         if need:
             return f"the host lacks {', '.join(need)} (apt-get install them, or run guest setup)"

@@ -34,7 +34,7 @@ from harness.system import Case
 __all__ = ["Hello", "Request", "build", "parse_reply", "parse_hello", "MAGIC"]
 
 MAGIC = 0x4741444A
-VERSION = 1
+VERSION = 2
 MAP_CREATE, MAP_UPDATE, MAP_DELETE, PROG_LOAD, TEST_RUN, PROG_INFO = range(1, 7)
 _MAP_TYPES = {"array": MapType.ARRAY, "prog_array": MapType.PROG_ARRAY}
 
