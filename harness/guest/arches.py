@@ -48,6 +48,8 @@ class Arch:
     #: why a guest of this arch cannot test a JIT, when known in advance (the
     #: kernel config decides at set-up; this only words the reason)
     note: str = ""
+    #: (file, Debian package) the machine needs besides the qemu binary
+    firmware: tuple[tuple[str, str], ...] = ()
 
     @property
     def compiler(self) -> str:
@@ -57,6 +59,9 @@ class Arch:
     def compiler_packages(self) -> tuple[str, ...]:
         return ("gcc-" + self.triplet.replace("_", "-"), f"libc6-dev-{self.name}-cross")
 
+
+_SEABIOS = ("/usr/share/seabios/bios-256k.bin", "seabios")
+_OPENSBI = ("/usr/share/qemu/opensbi-riscv64-generic-fw_dynamic.bin", "qemu-system-data")
 
 # -cpu choices, on purpose:
 # - riscv64: qemu 7.2's rv64 has Zba/Zbb/Zbs and the JIT then emits add.uw,
@@ -81,6 +86,7 @@ ARCHES: dict[str, Arch] = {
             ("CS_ARCH_X86", ("CS_MODE_64",)),
             64,
             True,
+            firmware=(_SEABIOS,),
         ),
         Arch(
             "arm64",
@@ -107,6 +113,9 @@ ARCHES: dict[str, Arch] = {
             ("CS_ARCH_RISCV", ("CS_MODE_RISCV64", "CS_MODE_RISCVC")),
             64,
             False,
+            firmware=(
+                ("/usr/share/qemu/opensbi-riscv64-generic-fw_dynamic.bin", "qemu-system-data"),
+            ),
         ),
         Arch(
             "ppc64el",
@@ -162,6 +171,7 @@ ARCHES: dict[str, Arch] = {
             32,
             False,
             kernel_btf=False,
+            firmware=(_SEABIOS,),
         ),
     )
 }

@@ -118,22 +118,13 @@ def _compiler(a: Arch) -> tuple[str, tuple[str, ...]]:
     return a.compiler, a.compiler_packages
 
 
-def _firmware(a: Arch) -> list[tuple[str, str]]:
-    """(file, package) the machine needs besides the qemu binary."""
-    if a.name == "riscv64":
-        return [("/usr/share/qemu/opensbi-riscv64-generic-fw_dynamic.bin", "qemu-system-data")]
-    if a.name in ("amd64", "i386"):
-        return [("/usr/share/seabios/bios-256k.bin", "seabios")]
-    return []
-
-
 def host_missing(a: Arch) -> list[str]:
     """Debian packages the host lacks to set up and boot ``a``."""
     cc, cc_pkgs = _compiler(a)
     need = []
     if not shutil.which(a.qemu):
         need.append(a.qemu_package)
-    need += [pkg for f, pkg in _firmware(a) if not os.path.exists(f)]
+    need += [pkg for f, pkg in a.firmware if not os.path.exists(f)]
     if not shutil.which(cc):
         need += list(cc_pkgs)
     for tool, pkg in (("cpio", "cpio"), ("dpkg-deb", "dpkg"), ("apt-get", "apt")):
