@@ -1190,8 +1190,12 @@ class Executor:
         run.low_rsp = min(run.low_rsp, rsp)
         if fi.drop is not None:
             run.low_body = min(run.low_body, rsp - fi.drop)
-        elif run.expect_cb != fi.func.address:
-            run.low_body = -1  # a frame of unknown extent: no floor this run
+        else:
+            # a frame of unknown extent: no floor this run. An exception
+            # callback is one: it sets rsp from the unwound frame and then
+            # allocates its own stack below it (by `sub rsp` before or after
+            # its first instruction's line-info address, model and kernel differ)
+            run.low_body = -1
         if run.pending_call is not None:
             rec, run.pending_call = run.pending_call, None
             rec.call_sp = rsp + 8
