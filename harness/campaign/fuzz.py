@@ -382,6 +382,23 @@ def _record(
     return f
 
 
+def tally(stats: Summary, msg: tuple) -> None:
+    """Count a worker's message other than a finding into ``stats`` (a
+    ``Summary``, or anything with its counters: a seed shard's result)."""
+    kind = msg[0]
+    if kind == "progress":
+        _, _, n, cov, poisoned = msg
+        stats.cases += n
+        stats.coverage.update(cov)
+        stats.poisoned.update(poisoned)
+    elif kind == "dup":
+        stats.duplicates += 1
+    elif kind == "known":
+        stats.known[msg[1]] += 1
+    elif kind == "incidents":
+        stats.incidents.update(msg[1])
+
+
 def progress_line(summary: Summary, elapsed: float) -> str:
     """The live status line (redrawn in place on a terminal)."""
     return (
@@ -427,19 +444,7 @@ def run_campaign(camp: Campaign, *, stream=None, out=None) -> Summary:
         print(f.text, file=out, flush=True)
 
     def handle(msg) -> None:
-        kind = msg[0]
-        if kind == "progress":
-            _, _, n, cov, poisoned = msg
-            summary.cases += n
-            summary.coverage.update(cov)
-            summary.poisoned.update(poisoned)
-        elif kind == "dup":
-            summary.duplicates += 1
-        elif kind == "known":
-            summary.known[msg[1]] += 1
-        elif kind == "incidents":
-            summary.incidents.update(msg[1])
-        elif kind == "finding":
+        if msg[0] == "finding":
             f = _record(summary, msg[1], camp.corpus, show)
             if f is not None:
                 if f.path:
@@ -448,6 +453,8 @@ def run_campaign(camp: Campaign, *, stream=None, out=None) -> Summary:
                     print(f"not saved ({f.unsaved})", file=out, flush=True)
                 if camp.stop_on_first:
                     stop.set()
+        else:
+            tally(summary, msg)
 
     def interrupt(signum, frame) -> None:
         # Ctrl-C only sets a flag: a KeyboardInterrupt raised mid-save

@@ -21,7 +21,7 @@ import importlib.metadata
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
-from harness.campaign.fuzz import Campaign, Finding, Summary, walk
+from harness.campaign.fuzz import Campaign, Finding, Summary, tally, walk
 
 __all__ = ["SHARD_SIZE", "ShardResult", "parse_shards", "run_shard", "shard_campaign", "version"]
 
@@ -113,19 +113,10 @@ class _Collect:
         self.result = result
 
     def put(self, msg) -> None:
-        r, kind = self.result, msg[0]
-        if kind == "progress":
-            r.cases += msg[2]
-            r.coverage.update(msg[3])
-            r.poisoned.update(msg[4])
-        elif kind == "dup":
-            r.duplicates += 1
-        elif kind == "known":
-            r.known[msg[1]] += 1
-        elif kind == "incidents":
-            r.incidents.update(msg[1])
-        elif kind == "finding":
-            r.findings.append(msg[1])
+        if msg[0] == "finding":
+            self.result.findings.append(msg[1])
+        else:
+            tally(self.result, msg)
 
 
 class _Never:
