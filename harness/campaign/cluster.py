@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness import engines
-from harness.campaign.fuzz import Campaign, Finding, Summary, _record, check_corpus, progress_line
+from harness.campaign.fuzz import Campaign, Summary, _reporter, check_corpus, progress_line
 from harness.campaign.shards import SHARD_SIZE, ShardResult, run_shard, version
 from harness.errors import JitdiffError
 
@@ -206,21 +206,14 @@ def run_cluster(
     tty = camp.progress and stream.isatty()
     finished = len(shards) - len(todo)
 
-    def show(f: Finding) -> None:
-        if tty:  # the report starts on a line of its own
-            stream.write("\r\x1b[K")
-            stream.flush()
-        print(f.text, file=out, flush=True)
+    record = _reporter(summary, camp.corpus, stream, out, tty)
 
     def merge(k: int, result: ShardResult) -> None:
         result.add_to(summary)
         unsaved = False
         for f in result.findings:
-            kept = _record(summary, f, camp.corpus, show)
-            if kept is not None and kept.path:
-                print(f"saved {kept.path}", file=out, flush=True)
-            elif kept is not None and kept.unsaved:
-                print(f"not saved ({kept.unsaved})", file=out, flush=True)
+            kept = record(f)
+            if kept is not None and kept.unsaved:
                 unsaved = True
         if unsaved:  # a finding only printed: the shard is not done
             failed.append(f"shard {k}: a finding could not be saved")

@@ -382,6 +382,30 @@ def _record(
     return f
 
 
+def _reporter(
+    summary: Summary, corpus: Path | None, stream, out, tty: bool
+) -> Callable[[Finding], Finding | None]:
+    """``_record`` with a campaign's output: a kept finding's report to ``out``
+    (on a line of its own, not after the progress line on ``stream``), then
+    where it was saved or why it was not. Returns the kept finding, if any."""
+
+    def show(f: Finding) -> None:
+        if tty:  # the report starts on a line of its own, not after the progress
+            stream.write("\r\x1b[K")
+            stream.flush()
+        print(f.text, file=out, flush=True)
+
+    def record(f: Finding) -> Finding | None:
+        kept = _record(summary, f, corpus, show)
+        if kept is not None and kept.path:
+            print(f"saved {kept.path}", file=out, flush=True)
+        elif kept is not None and kept.unsaved:
+            print(f"not saved ({kept.unsaved})", file=out, flush=True)
+        return kept
+
+    return record
+
+
 def tally(stats: Summary, msg: tuple) -> None:
     """Count a worker's message other than a finding into ``stats`` (a
     ``Summary``, or anything with its counters: a seed shard's result)."""
@@ -436,23 +460,12 @@ def run_campaign(camp: Campaign, *, stream=None, out=None) -> Summary:
         for w in range(camp.workers)
     ]
     tty = camp.progress and stream.isatty()
-
-    def show(f: Finding) -> None:
-        if tty:  # the report starts on a line of its own, not after the progress
-            stream.write("\r\x1b[K")
-            stream.flush()
-        print(f.text, file=out, flush=True)
+    record = _reporter(summary, camp.corpus, stream, out, tty)
 
     def handle(msg) -> None:
         if msg[0] == "finding":
-            f = _record(summary, msg[1], camp.corpus, show)
-            if f is not None:
-                if f.path:
-                    print(f"saved {f.path}", file=out, flush=True)
-                elif f.unsaved:
-                    print(f"not saved ({f.unsaved})", file=out, flush=True)
-                if camp.stop_on_first:
-                    stop.set()
+            if record(msg[1]) is not None and camp.stop_on_first:
+                stop.set()
         else:
             tally(summary, msg)
 
