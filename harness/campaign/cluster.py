@@ -33,7 +33,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness import engines
-from harness.campaign.fuzz import Campaign, Summary, _reporter, check_corpus, progress_line
+from harness.campaign.fuzz import (
+    Campaign,
+    Summary,
+    _reporter,
+    check_corpus,
+    keep_earliest,
+    progress_line,
+)
 from harness.campaign.shards import SHARD_SIZE, ShardResult, run_shard, version
 from harness.errors import JitdiffError
 
@@ -148,12 +155,8 @@ class Ledger:
                 {**rec, "findings": [{**f, "text": ""} for f in rec["findings"]]}
             )
             r.add_to(summary)
-            for f in r.findings:
-                old = next((g for g in summary.findings if g.signature == f.signature), None)
-                if old is None:
-                    summary.findings.append(f)
-                elif f.index < old.index:
-                    summary.findings[summary.findings.index(old)] = f
+            for f in r.findings:  # saved already: kept, not saved again
+                keep_earliest(summary.findings, f)
 
 
 def run_cluster(

@@ -363,23 +363,33 @@ def _record(
     case reports it late), so a seed's report does not depend on timing.
     A kept finding is shown (``show``) before it is saved, so a corpus that
     fails loses nothing. Returns the finding, if it is kept."""
-    old = next((g for g in summary.findings if g.signature == f.signature), None)
-    if old is None:
-        summary.findings.append(f)
-        if show is not None:
-            show(f)
-        if corpus is not None:
-            _save_or_say(corpus, f)
-        return f
-    summary.duplicates += 1
-    if f.index >= old.index:
+    kept, old = keep_earliest(summary.findings, f)
+    if old is not None:
+        summary.duplicates += 1
+    if not kept:
         return None
-    summary.findings[summary.findings.index(old)] = f
     if show is not None:
         show(f)
-    if old.path is not None:  # written by this campaign: replace it (atomically)
+    if old is None:
+        if corpus is not None:
+            _save_or_say(corpus, f)
+    elif old.path is not None:  # written by this campaign: replace it (atomically)
         _save_or_say(corpus or Path(old.path).parent, f, old.path)
     return f
+
+
+def keep_earliest(findings: list[Finding], f: Finding) -> tuple[bool, Finding | None]:
+    """Put ``f`` in ``findings`` unless the one of its signature there is
+    earlier in the seed's order: (whether ``f`` is kept, the finding of its
+    signature that was there)."""
+    old = next((g for g in findings if g.signature == f.signature), None)
+    if old is None:
+        findings.append(f)
+    elif f.index < old.index:
+        findings[findings.index(old)] = f
+    else:
+        return False, old
+    return True, old
 
 
 def _reporter(
