@@ -467,7 +467,11 @@ class Worker:
         proc = self._proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         self._kmsg.read()  # anything logged between jobs is not this case's
-        taint = tainted()
+        # without a kernel log to read, a new D or W taint is the evidence
+        # (with one, another process's WARN taints the kernel too): only then
+        # is the taint read, not on every job
+        blind = getattr(self._kmsg, "fd", 0) is None
+        taint = tainted() if blind else 0
         self.jobs += 1
         ans: Answer | None = None
         how = ""
@@ -488,9 +492,6 @@ class Worker:
             self._reap()
             time.sleep(0.2)  # the oops text may land just after the process dies
         log = kernel_report(self._kmsg.read(), pids={proc.pid}) or ""
-        # without a kernel log to read, a new D or W taint is the evidence
-        # (with one, another process's WARN taints the kernel too)
-        blind = getattr(self._kmsg, "fd", 0) is None
         new_taint = blind and tainted() & ~taint & _BUG_TAINTS
         if not log and not new_taint:
             return ans, how
