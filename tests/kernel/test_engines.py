@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -526,11 +527,21 @@ def test_a_worker_killed_from_outside_is_not_a_finding(tmp_path):
     try:
         eng.worker.start()
         pid = eng.worker.pid
-        timer = threading.Timer(0.5, os.kill, (pid, 9))
-        timer.start()
+
+        def kill_mid_job() -> None:
+            # once the job is sent (the child holds it 2 s): a kill timed from
+            # the start can land before it on a loaded machine, and a child
+            # found dead between jobs is restarted without an incident
+            deadline = time.monotonic() + 60
+            while not eng.worker._busy and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(pid, 9)
+
+        killer = threading.Thread(target=kill_mid_job)
+        killer.start()
         c = case("self_loop")
         out = eng.run(c, budget=0)
-        timer.join()
+        killer.join()
         assert [r.status for r in out.runs] == [Status.OK] * 2
         assert eng.worker.pid != pid and eng.worker.starts == 2
         assert sum(eng.worker.incidents.values()) == 1
