@@ -242,7 +242,7 @@ def walk(w: int, camp: Campaign, out, stop, alive: Callable[[], bool] = lambda: 
         while not stop.is_set() and alive():
             if camp.examples is not None and i >= camp.start + camp.examples:
                 break
-            if camp.seconds is not None and time.monotonic() - start >= camp.seconds:
+            if deadline is not None and time.monotonic() >= deadline:
                 break
             case, choices = case_for(camp.seed, i, camp.config)
             res, why = check_one(runner, case)
@@ -268,8 +268,8 @@ def walk(w: int, camp: Campaign, out, stop, alive: Callable[[], bool] = lambda: 
                     else case
                 )
                 sres, _ = check_one(runner, small)
-                # shrinking kept the signature, so this is the same divergence;
-                # the file's name (oracle, digest) and its text both come from it
+                # shrinking kept the signature (``sig``), so this is the same
+                # divergence; the report's text comes from it
                 dd = next((x for e, x in sres.divergences if signature(e, x) == sig), d)
                 eng = next(e for e in runner.engines if e.name == engine)
                 try:
@@ -289,7 +289,7 @@ def walk(w: int, camp: Campaign, out, stop, alive: Callable[[], bool] = lambda: 
                         "finding",
                         Finding(
                             engine,
-                            signature(engine, dd),
+                            sig,
                             dd.oracle,
                             i,
                             found_at,
