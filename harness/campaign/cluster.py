@@ -29,7 +29,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from harness import engines
@@ -199,9 +198,9 @@ def run_cluster(
         max_retries=RETRIES,
         retry_exceptions=False,  # a shard that raises is a bug, not bad luck
     )
-    one = replace(camp, corpus=None, progress=False, workers=1)
+    # run_shard makes it a one-process campaign without a corpus
     pending = {
-        task.options(name=f"jitdiff-shard-{k}", **opts).remote(one, k, size): k for k in todo
+        task.options(name=f"jitdiff-shard-{k}", **opts).remote(camp, k, size): k for k in todo
     }
     failed: list[str] = []
     ours = version()
