@@ -44,7 +44,7 @@ from elftools.elf.elffile import ELFFile
 from harness.errors import CaseError
 from harness.formats import isa
 from harness.formats.isa import Insn
-from harness.kernel.btf import Btf, BtfError, BtfExt, Kind
+from harness.kernel.btf import LINKAGE_GLOBAL, Btf, BtfError, BtfExt, Kind
 from harness.reference.helpers import HELPERS, KFUNC_IDS
 from harness.system import Case, MapDef, Program, Step
 
@@ -312,7 +312,7 @@ class _Object:
                 for off, tid in self.ext.func_info.get(sec.name, ()):
                     t = self.btf.type(tid)
                     if off // 8 not in starts:
-                        starts[off // 8] = (t.name, self.btf.linkage(t) == 1)
+                        starts[off // 8] = (t.name, self.btf.linkage(t) == LINKAGE_GLOBAL)
             bounds = sorted(starts) + [len(insns)]
             funcs = []
             for a, b in zip(bounds, bounds[1:]):
