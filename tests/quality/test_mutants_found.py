@@ -75,14 +75,14 @@ def test_hierarchy_bug_shrinks_to_the_textbook_reproducer():
 #: a fault of each kind of symptom: counter arithmetic, host state, registers,
 #: memory (shrinking each takes a few seconds)
 SHRUNK = [
-    # reduction can end on main = "call f1" falling through into the next
-    # function, which the verifier rejects and the interpreter still runs: the
-    # unfaulted model diverges too. Whether it gets there depends on the
-    # shrinker's time budget (machine load), so not strict; the mark goes once
-    # the interpreter refuses such programs (issue 12)
+    # the reproducer still diverges on the unfaulted model too (reduction has
+    # ended on main = "call f1" falling through into the next function, which
+    # the verifier rejects and the interpreter runs). Shrinking is bounded by
+    # attempts, not seconds, so this is the same on every machine: strict, and
+    # an XPASS says the mark must go
     pytest.param(
         "tcc-limit-off-by-one",
-        marks=pytest.mark.xfail(strict=False, reason="reducer keeps a verifier-rejected program"),
+        marks=pytest.mark.xfail(strict=True, reason="the reproducer diverges unfaulted too"),
     ),
     "missing-pop",
     "tail-call-clobbers-ctx",
