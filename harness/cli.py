@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -21,11 +22,8 @@ __all__ = ["main"]
 
 
 def _engines(args) -> list[str]:
-    names = args.engine or list(engines.DEFAULT_ENGINES)
-    for n in names:
-        if engines.base_name(n) not in engines.ENGINES:
-            raise JitdiffError(f"unknown engine {n!r} (known: {', '.join(engines.ENGINES)})")
-    return names
+    """The engine specs asked for (checked in ``main`` before any verb runs)."""
+    return args.engine or list(engines.DEFAULT_ENGINES)
 
 
 def _available(names: list[str], *, skip: bool = False) -> list[str]:
@@ -43,14 +41,23 @@ def _available(names: list[str], *, skip: bool = False) -> list[str]:
     return usable
 
 
-def _positive(kind):
-    """An argparse type: a count or a duration above zero (zero workers or
-    rounds would report nothing as if it were a result)."""
+def _number(kind, *, minimum=None, above=None):
+    """An argparse type: a finite number, at least ``minimum`` or above
+    ``above`` (zero workers or rounds would report nothing as if it were a
+    result; nan and inf seconds are no duration)."""
 
     def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be above zero, not {text}")
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+        if above is not None and value <= above:
+            bound = "zero" if above == 0 else above
+            raise argparse.ArgumentTypeError(f"must be above {bound}, not {text}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its errors
@@ -77,6 +84,10 @@ def _cluster_address(text: str) -> str:
             f"expected ray://HOST:PORT, HOST:PORT or auto, not {text!r}"
         )
     return text
+
+
+def _positive(kind):
+    return _number(kind, above=0)
 
 
 def _options(args) -> dict:
@@ -182,7 +193,10 @@ def cmd_conformance(args) -> int:
     from harness.campaign.conformance import run_directory
 
     passed, failed, skipped = run_directory(
-        Path(args.dir), _engines(args) if args.engine else ["interp"], verbose=args.verbose
+        Path(args.dir),
+        _engines(args) if args.engine else ["interp"],
+        profile=_profile(args),
+        verbose=args.verbose,
     )
     print(f"{passed} passed, {failed} failed, {skipped} skipped")
     return 1 if failed else 0
@@ -255,7 +269,7 @@ def cmd_fuzz(args) -> int:
         seconds=args.time,
         workers=args.workers or default_workers(),
         profile=_profile(args),
-        corpus=None if args.no_save else Path(args.corpus),
+        corpus=None if args.no_save else Path(args.corpus or "corpus"),
         shrink=not args.no_shrink,
         shrink_tries=args.shrink_tries,
         stop_on_first=args.stop_on_first,
@@ -475,7 +489,12 @@ def main(argv: list[str] | None = None) -> int:
 
     sp = sub.add_parser("show", help="print an engine's listing with BPF interleaved")
     sp.add_argument("case")
-    sp.add_argument("--width", type=int, default=160, help="side-by-side listing width")
+    sp.add_argument(
+        "--width",
+        type=_number(int, minimum=40),
+        default=160,
+        help="side-by-side listing width in columns (at least 40)",
+    )
     sp.add_argument(
         "--sequential",
         action="store_true",
@@ -510,8 +529,12 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--examples", type=_positive(int), help="number of systems")
     sp.add_argument("--workers", type=_positive(int), help="worker processes (default: all cores)")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--corpus", default="corpus", help="where shrunk divergences are saved")
-    sp.add_argument("--no-save", action="store_true", help="print divergences only")
+    sp.add_argument("--corpus", help="where shrunk divergences are saved (default: corpus)")
+    sp.add_argument(
+        "--no-save",
+        action="store_true",
+        help="print divergences only (refused together with --corpus)",
+    )
     sp.add_argument("--no-shrink", action="store_true")
     sp.add_argument(
         "--shrink-tries",
@@ -590,7 +613,15 @@ def main(argv: list[str] | None = None) -> int:
     sp.set_defaults(fn=cmd_mutants)
 
     args = p.parse_args(argv)
+    if getattr(args, "no_save", False) and args.corpus is not None:
+        p.error("--corpus and --no-save contradict each other: save to a corpus or not")
     try:
+        # every engine spec and the profile, checked the same way for every
+        # verb before any work starts (and before any worker is spawned)
+        for spec in getattr(args, "engine", None) or ():
+            engines.parse_spec(spec)
+        if hasattr(args, "profile"):
+            _profile(args)
         return args.fn(args)
     except JitdiffError as e:
         print(f"jitdiff: {e}", file=sys.stderr)

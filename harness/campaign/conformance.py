@@ -15,6 +15,7 @@ from harness.errors import JitdiffError
 from harness.formats import ubpf
 from harness.outcome import Status
 from harness.process import Interrupted
+from harness.reference.profile import LINUX, Profile
 from harness.system import Case, Program
 
 __all__ = ["to_case", "run_directory", "check_test"]
@@ -26,11 +27,14 @@ def to_case(test: ubpf.ConformanceTest) -> Case:
 
 
 def check_test(path: Path, engine_objs) -> tuple[str, str]:
-    """('pass' | 'fail' | 'skip', message) for one file on every engine."""
+    """('pass' | 'fail' | 'skip', message) for one file on every engine; a
+    file that cannot be read (a directory, a symlink loop) fails alone."""
     try:
         test = ubpf.load(str(path))
     except JitdiffError as e:
         return ("pass", f"rejected: {e}") if path.parent.name == "negative" else ("fail", str(e))
+    except OSError as e:
+        return "fail", f"cannot read: {e.strerror}"
     negative = path.parent.name == "negative"
     if test.skip:
         return "skip", test.skip
@@ -51,13 +55,22 @@ def check_test(path: Path, engine_objs) -> tuple[str, str]:
     return "pass", ""
 
 
-def run_directory(root: Path, names: list[str], *, verbose: bool = False) -> tuple[int, int, int]:
+def run_directory(
+    root: Path, names: list[str], *, profile: Profile = LINUX, verbose: bool = False
+) -> tuple[int, int, int]:
+    """Run every ``*.data`` file of ``root`` (and of ``../negative`` next to
+    a ``tests`` directory) on the reference and the engines ``names``, all
+    under ``profile`` (an engine spec's own ``@PROFILE`` wins). A directory
+    with no ``.data`` file is an error, never an empty pass."""
     if not root.is_dir():
         raise JitdiffError(f"{root}: no such directory")
-    engine_objs = [engines.get(n) for n in dict.fromkeys(["interp", *names])]
     files = sorted(root.glob("*.data"))
     if root.name != "negative" and (root / ".." / "negative").is_dir() and root.name == "tests":
         files += sorted((root / ".." / "negative").resolve().glob("*.data"))
+    if not files:
+        hint = f" (the suite's are in {root / 'tests'})" if (root / "tests").is_dir() else ""
+        raise JitdiffError(f"{root}: no .data files{hint}")
+    engine_objs = [engines.get_spec(n, profile) for n in dict.fromkeys(["interp", *names])]
     counts = {"pass": 0, "fail": 0, "skip": 0}
     try:
         for path in files:

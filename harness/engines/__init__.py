@@ -8,25 +8,49 @@ a candidate compared against it. An engine that cannot run here says why in
 
 from __future__ import annotations
 
+import functools
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from harness.errors import EngineUnavailable, JitdiffError
-from harness.outcome import CaseOutcome
+from harness.errors import CaseError, EngineUnavailable, JitdiffError
+from harness.outcome import CaseOutcome, RunOutcome, Status
 from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 
 __all__ = [
-    "Engine", "ENGINES", "get", "get_spec", "base_name", "available", "narrow", "DEFAULT_ENGINES",
-]  # fmt: skip
+    "Engine",
+    "ENGINES",
+    "FAMILIES",
+    "MODIFIERS",
+    "Spec",
+    "parse_spec",
+    "get",
+    "get_spec",
+    "base_name",
+    "available",
+    "narrow",
+    "DEFAULT_ENGINES",
+]
 
 
 class Engine(ABC):
+    """Every engine's ``run`` first checks the case (``Case.check``): a case
+    no kernel would load (a jump into another function, a map of terabytes)
+    comes back as INVALID runs, never as an engine's exception or exhaustion,
+    whoever built it (a file, a generator, a reducer)."""
+
     name: str = ""
 
     def __init__(self, profile: Profile = LINUX, **options):
         self.profile = profile
         self.options = options
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "run" in cls.__dict__:
+            cls.run = _checked(cls.__dict__["run"])
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -59,6 +83,19 @@ class Engine(ABC):
 
     def close(self) -> None:
         pass
+
+
+def _checked(run):
+    @functools.wraps(run)
+    def checked(self, case: Case, *args, **kw) -> CaseOutcome:
+        try:
+            case.check()
+        except CaseError as e:
+            n = sum(1 for s in case.script() if s.kind == "run")
+            return CaseOutcome(self.name, [RunOutcome(Status.INVALID, detail=str(e))] * n)
+        return run(self, case, *args, **kw)
+
+    return checked
 
 
 #: name -> "module:Class", imported on first use so a missing dependency of one
@@ -113,43 +150,94 @@ def get(name: str, profile: Profile = LINUX, **options) -> Engine:
     return cls(profile, **options)
 
 
+@dataclass(frozen=True)
+class Spec:
+    """A parsed engine spec: what ``get_spec`` will build."""
+
+    #: the spec as written; the engine's ``name`` in reports
+    text: str
+    #: the key in ENGINES
+    engine: str
+    #: another semantic profile (``@PROFILE``), or None for the caller's
+    profile: Profile | None = None
+    #: constructor options the spec adds (the x86_64 model's variant, say)
+    options: dict = field(default_factory=dict)
+
+
+def _x86_modifiers(words: list[str]) -> dict:
+    from harness.jit import Variant
+
+    try:
+        return {"variant": Variant.from_names(words)}
+    except ValueError as e:
+        raise JitdiffError(f"x86_64+{'+'.join(words)}: {e}") from None
+
+
+#: engine name -> parser of its ``+WORD`` modifiers into constructor options;
+#: an engine without an entry takes none
+MODIFIERS: dict[str, Callable[[list[str]], dict]] = {"x86_64": _x86_modifiers}
+
+#: spec prefix (``family:``) -> the parser of the whole spec, for engine
+#: families whose specs are not ``NAME[+MOD...][@PROFILE]``
+FAMILIES: dict[str, Callable[[str], Spec]] = {}
+
+
+def _guest_spec(text: str) -> Spec:
+    """``guest:ARCH[@SUITE]``: its ``@`` names a Debian suite, not a profile."""
+    from harness.engines.guest import parse_spec as guest_spec
+
+    guest_spec(text)
+    return Spec(text, "guest", None, {"spec": text})
+
+
+FAMILIES["guest:"] = _guest_spec
+
+
+def parse_spec(text: str) -> Spec:
+    """The one check of an engine spec, before any work starts: ``NAME``,
+    ``NAME@PROFILE`` (another semantic profile, e.g. ``interp@linux-interp``)
+    or ``NAME+MOD[+MOD]`` (the x86-64 model with named faults or a historical
+    design, e.g. ``x86_64+linux-5.10``), or a registered family's own form.
+    Raises ``JitdiffError`` naming what is wrong; imports no engine."""
+    family, colon, _ = text.partition(":")
+    if colon and family + ":" in FAMILIES:
+        return FAMILIES[family + ":"](text)
+    head, at, prof = text.partition("@")
+    name, *mods = head.split("+")
+    if name not in ENGINES:
+        known = ", ".join([*ENGINES, *(f + "ARCH" for f in FAMILIES)])
+        raise JitdiffError(f"unknown engine {name!r} in {text!r} (known: {known})")
+    profile = None
+    if at:
+        from harness.reference.profile import PROFILES
+
+        if prof not in PROFILES:
+            raise JitdiffError(f"{text}: unknown profile {prof!r} (known: {', '.join(PROFILES)})")
+        profile = PROFILES[prof]
+    options: dict = {}
+    if mods:
+        if name not in MODIFIERS:
+            raise JitdiffError(f"{text}: engine {name} takes no +modifiers")
+        if not all(mods):
+            raise JitdiffError(f"{text}: an empty +modifier")
+        options = MODIFIERS[name](mods)
+    return Spec(text, name, profile, options)
+
+
 def base_name(spec: str) -> str:
     """The engine a spec names: ``x86_64+missing-pop`` -> ``x86_64``,
     ``guest:arm64@bookworm`` -> ``guest``."""
-    if spec.startswith("guest:"):
-        return "guest"
-    return spec.partition("@")[0].split("+")[0]
+    return parse_spec(spec).engine
 
 
 def get_spec(spec: str, profile: Profile = LINUX, **options) -> Engine:
-    """An engine from a command-line spec: ``NAME``, ``NAME@PROFILE`` (another
-    semantic profile, e.g. ``interp@linux-interp``) or ``NAME+FAULT[+FAULT]``
-    (the x86-64 model with named faults or a historical design, e.g.
-    ``x86_64+linux-5.10``). The engine's
+    """An engine from a command-line spec (``parse_spec``). The engine's
     ``name`` becomes the spec, so reports say exactly what ran."""
-    from harness.reference.profile import PROFILES
-
-    if base_name(spec) == "guest":  # its @ names a Debian suite, not a profile
-        cls = _class("guest")
-        why = cls.unavailable_spec(spec)
-        if why:
-            raise EngineUnavailable(f"engine {spec} is unavailable: {why}")
-        return cls(profile, spec=spec, **options)
-    name, _, prof = spec.partition("@")
-    name, *faults = name.split("+")
-    if prof:
-        if prof not in PROFILES:
-            raise JitdiffError(f"unknown profile {prof!r} (known: {', '.join(PROFILES)})")
-        profile = PROFILES[prof]
-    if faults:
-        if name != "x86_64":
-            raise JitdiffError(f"faults and designs are the x86_64 model's, not {name}'s")
-        from harness.jit import Variant
-
-        try:
-            options["variant"] = Variant.from_names(faults)
-        except ValueError as e:
-            raise JitdiffError(str(e)) from None
-    eng = get(name, profile, **options)
+    s = parse_spec(spec)
+    cls = _class(s.engine)
+    why = cls.unavailable_spec(spec)
+    if why:
+        raise EngineUnavailable(f"engine {spec} is unavailable: {why}")
+    eng = cls(s.profile or profile, **{**options, **s.options})
     eng.name = spec
     return eng

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["asm", "casefile", "elf", "isa", "ubpf", "load_any", "inputs_under"]
+from harness.errors import AsmError
+
+__all__ = ["asm", "casefile", "elf", "isa", "ubpf", "load_any", "inputs_under", "read_text"]
 
 
 def load_any(path: str | os.PathLike[str]):
@@ -37,3 +39,20 @@ def inputs_under(*paths) -> list[Path]:
             ]
     sidecars = {elf.sidecar_of(f) for f in found if f.suffix == ".o"}
     return sorted(f for f in set(found) if f not in sidecars or f in map(Path, paths))
+
+
+def read_text(path: str | Path, error: type[AsmError] = AsmError) -> str:
+    """A text file's contents as UTF-8. Anything else (a binary, Latin-1) is
+    ``error`` naming the file and the line of the first bad byte: the formats
+    are text a person edits, and a decode traceback names neither."""
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        why = f"not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})"
+        raise error(why, file=str(path), line=line) from None
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise error("a NUL byte: a binary file, not text", file=str(path), line=line)
+    return text

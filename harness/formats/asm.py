@@ -558,12 +558,14 @@ def assemble(
     maps: Sequence[str] = (),
     file: str | None = None,
     first_line: int = 1,
+    function: str | None = None,
 ) -> tuple[list[Insn], dict[int, str]]:
     """Assemble ``text``; returns the slots and the labels (pc -> name).
 
     Errors raise ``AsmError`` naming ``file`` and the line (counted from
     ``first_line``, so a program embedded in a larger file reports the file's
-    own line numbers). The result has passed ``isa.validate``.
+    own line numbers). The result has passed ``isa.validate``, with the label
+    ``function`` (an exception callback) starting a function of its own.
     """
     a = _Asm(maps, file, first_line)
     lines: list[_Line] = []
@@ -612,7 +614,7 @@ def assemble(
         insns.extend(ln.insns)
         line_of.extend([ln.line] * len(ln.insns))
     try:
-        isa.validate(insns)
+        isa.validate(insns, extra_start=by_name.get(function) if function else None)
     except DecodeError as e:
         m = re.match(r"insn (\d+): ", str(e))
         where = line_of[int(m[1])] if m and int(m[1]) < len(line_of) else None

@@ -22,9 +22,19 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import formats
 from harness.errors import AsmError, CaseError
 from harness.formats import asm, isa
-from harness.system import PROG_TYPES, Case, Expect, MapDef, Program, Step
+from harness.system import (
+    MAX_MAPS,
+    PROG_TYPES,
+    Case,
+    Expect,
+    MapDef,
+    Program,
+    Step,
+    map_problem,
+)
 
 __all__ = ["parse", "load", "render", "save", "corpus_cases", "apply_script"]
 
@@ -127,6 +137,8 @@ def parse(text: str, *, file: str | None = None) -> Case:
         kw = b.words[0]
         if kw == "map":
             m = _parse_map(p, b)
+            if len(maps) == MAX_MAPS:
+                raise p.err(f"more than {MAX_MAPS} maps (the kernel's MAX_USED_MAPS)", b.line)
             if m.name in maps:
                 raise p.err(f"map {m.name} already defined on line {map_line[m.name]}", b.line)
             maps[m.name], map_line[m.name] = m, b.line
@@ -170,13 +182,18 @@ def parse(text: str, *, file: str | None = None) -> Case:
                     raise p.err(f"map {name} slot {key}: unknown program {value}", map_line[name])
     for line, st in steps:
         _check_step(p, line, st, maps, progs)
-    return Case(
+    case = Case(
         programs=progs,
         maps=maps,
         ctx=ctx or b"",
         steps=[s for _, s in steps],
         comment=comment,
     )
+    try:  # what every engine checks; the parser above has said it with a line
+        case.check()
+    except CaseError as e:
+        raise p.err(e.message, None) from None
+    return case
 
 
 def apply_script(case: Case, text: str, *, file: str | None = None) -> Case:
@@ -229,11 +246,10 @@ def _parse_map(p: _Parser, b: _Block) -> MapDef:
     if "max_entries" not in opts:
         raise p.err(f"missing max_entries; {usage}", b.line)
     vsize = opts.get("value_size", _DEFAULT_VALUE_SIZE[kind])
-    if kind == "prog_array" and vsize != 4:
-        raise p.err("a prog_array's value_size is 4 (a prog fd)", b.line)
-    if vsize == 0:
-        raise p.err("value_size must be positive", b.line)
     m = MapDef(name, kind, opts["max_entries"], vsize)
+    why = map_problem(m)  # the kernel's limits and jitdiff's, before any slot
+    if why:
+        raise p.err(f"map {name}: {why}", b.line)
     for ln, text in b.body:
         key, value = _slot(p, m, ln, text)
         if key in m.init:
@@ -349,7 +365,9 @@ def _assemble(
 ) -> Program:
     text = "\n".join(t for _, t in b.body)  # the lines right after the header
     try:
-        insns, labels = asm.assemble(text, maps=maps, file=p.file, first_line=b.line + 1)
+        insns, labels = asm.assemble(
+            text, maps=maps, file=p.file, first_line=b.line + 1, function=cb
+        )
     except AsmError as e:
         raise CaseError(e.message, file=e.file, line=e.line) from None
     if not insns:
@@ -379,6 +397,7 @@ def _bytes(b: bytes) -> str:
 
 def render(case: Case) -> str:
     """The canonical text of ``case``; raises ``CaseError`` if it has none."""
+    case.check()  # what parse would refuse has no text
     out: list[str] = []
     if case.comment:
         if any(c in case.comment for c in "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
@@ -433,10 +452,6 @@ def render(case: Case) -> str:
 def _render_program(name: str, prog: Program, maps: list[str]) -> list[str]:
     if name != prog.name or not _NAME_RE.match(name) or prog.type not in PROG_TYPES:
         raise CaseError(f"program {name!r} ({prog.type}) cannot be written as a case file")
-    try:
-        isa.validate(prog.insns)
-    except Exception as e:
-        raise CaseError(f"program {name}: {e}") from None
     boundaries, pc = {len(prog.insns)}, 0
     while pc < len(prog.insns):
         boundaries.add(pc)
@@ -464,7 +479,7 @@ def _render_program(name: str, prog: Program, maps: list[str]) -> list[str]:
 def load(path: str | os.PathLike[str]) -> Case:
     """Read and parse a case file; errors name ``path``."""
     p = Path(path)
-    return parse(p.read_text(encoding="utf-8"), file=str(p))
+    return parse(formats.read_text(p, CaseError), file=str(p))
 
 
 def _umask() -> int:

@@ -23,6 +23,7 @@ __all__ = [
     "decode_program",
     "encode_program",
     "validate",
+    "function_starts",
     "ld_imm64",
     "cls",
     "is_jump",
@@ -284,12 +285,34 @@ def _bad(pc: int, insn: Insn, why: str) -> DecodeError:
     return DecodeError(f"insn {pc}: {why} (opcode {insn.opcode:#04x} {encode(insn).hex()})")
 
 
-def validate(insns: list[Insn] | tuple[Insn, ...]) -> None:
+def function_starts(insns: list[Insn] | tuple[Insn, ...], extra: int | None = None) -> list[int]:
+    """Function start pcs the way the kernel finds them (``add_subprog_and_kfunc``):
+    0, every pseudo-call target and every ``ld_imm64`` pseudo-func target, plus
+    ``extra`` (an exception callback, which the kernel knows from BTF)."""
+    starts = {0}
+    if extra is not None:
+        starts.add(extra)
+    for pc, i in enumerate(insns):
+        if i.opcode == JMP | CALL and i.src == PSEUDO_CALL:
+            starts.add(pc + 1 + i.imm)
+        elif i.opcode == LD_IMM64 and i.src == PSEUDO_FUNC:
+            starts.add(pc + 1 + i.imm)
+    return sorted(starts)
+
+
+def validate(insns: list[Insn] | tuple[Insn, ...], *, extra_start: int | None = None) -> None:
     """Reject encodings the kernel rejects: unknown opcodes, reserved fields set,
-    bad registers, a truncated ld_imm64, jumps outside the program."""
+    bad registers, a truncated ld_imm64, calls outside the program, and jumps
+    outside their own function (``check_subprogs``: "jump out of range"; a
+    jump into another function is no control flow any JIT defines).
+    ``extra_start``: one more function start (the exception callback's pc)."""
     n = len(insns)
+    starts = [s for s in function_starts(insns, extra_start) if 0 <= s < n] + [n]
+    func = 0  # index in starts of the function holding pc
     pc = 0
     while pc < n:
+        while starts[func + 1] <= pc:
+            func += 1
         i = insns[pc]
         op = i.opcode
         if op not in OPCODES:
@@ -309,6 +332,8 @@ def validate(insns: list[Insn] | tuple[Insn, ...]) -> None:
                 raise _bad(pc, i, "r10 is read-only")
             if i.src not in (0, PSEUDO_MAP_VALUE, PSEUDO_MAP_IDX_VALUE) and nxt.imm:
                 raise _bad(pc, i, "ld_imm64 pseudo source with a non-zero high word")
+            if i.src == PSEUDO_FUNC and not 0 <= pc + 1 + i.imm < n:
+                raise _bad(pc, i, "func target outside the program")
             pc += 2
             continue
         if c in (ALU, ALU64):
@@ -353,6 +378,13 @@ def validate(insns: list[Insn] | tuple[Insn, ...]) -> None:
                 t = jump_target(pc, i)
                 if not 0 <= t < n:
                     raise _bad(pc, i, f"jump target {t} outside the program")
+                lo, hi = starts[func], starts[func + 1]
+                if not lo <= t < hi:
+                    raise _bad(
+                        pc,
+                        i,
+                        f"jump out of range from insn {pc} to {t} (its function is {lo}..{hi - 1})",
+                    )
                 if t > 0 and insns[t - 1].opcode == LD_IMM64:
                     raise _bad(pc, i, "jump into the middle of ld_imm64")
         elif c == LDX:

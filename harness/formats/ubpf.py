@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import formats
 from harness.errors import AsmError, DecodeError
 from harness.formats import isa
 from harness.formats.isa import Insn
@@ -325,7 +326,10 @@ def _raw(cx: _Ctx, first: int, lines: list[str]) -> tuple[list[Insn], list[int]]
             continue
         if body.lower().startswith("0x") and " " not in body:
             # one slot as a little-endian u64, the way lddw.data writes it
-            chunk = int(body, 16).to_bytes(8, "little")
+            try:
+                chunk = int(body, 16).to_bytes(8, "little")
+            except (ValueError, OverflowError):
+                raise cx.err(f"invalid raw slot {body!r}: expected a 64-bit hex number") from None
         else:
             try:
                 chunk = bytes.fromhex(body)
@@ -390,7 +394,7 @@ def parse(text: str, *, file: str | None = None) -> ConformanceTest:
 def load(path: str | Path) -> ConformanceTest:
     """Read one ``.data`` file; rejected programs raise ``AsmError`` naming it."""
     p = str(path)
-    return parse(Path(p).read_text(), file=p)
+    return parse(formats.read_text(p), file=p)
 
 
 # Registers the conformance runner sets before the first instruction: r1 and
