@@ -40,7 +40,7 @@ from harness.reference.helpers import BPF_THROW, HELPERS, KFUNCS, TAIL_CALL, Map
 from harness.reference.profile import LINUX, Profile
 from harness.system import Case, Program
 
-__all__ = ["Interpreter", "run_case", "Layout", "elem_stride"]
+__all__ = ["Interpreter", "run_case", "Layout", "elem_stride", "is_pointer"]
 
 U64 = (1 << 64) - 1
 U32 = (1 << 32) - 1
@@ -86,6 +86,30 @@ class Layout:
 
 _STACK, _SPAN = Layout.STACK, Layout.FRAME_SPAN
 _LOWEST, _HIGHEST = Layout.LOWEST, Layout.HIGHEST
+
+#: How far from its object a pointer can be and still be one: the verifier
+#: keeps every pointer offset within BPF_MAX_VAR_OFF (1 << 29) of its object,
+#: so ctx + 64 with an 8-byte ctx, which ``symbolize`` cannot name, is still
+#: known for a pointer here. A scalar lands in these windows only by being
+#: computed from a pointer.
+_SLACK = 1 << 30
+_POINTER_WINDOWS = (
+    (Layout.FUNCS - _SLACK, Layout.FUNCS + _SLACK),
+    (Layout.CTX - _SLACK, Layout.CTX + _SLACK),
+    (Layout.STACK - _SLACK, Layout.STACK + 512 * Layout.FRAME_SPAN + _SLACK),
+    (Layout.MAPS - _SLACK, Layout.HIGHEST + _SLACK),
+)
+_PTR_LO, _PTR_HI = _POINTER_WINDOWS[0][0], _POINTER_WINDOWS[-1][1]
+
+
+def is_pointer(v: int | None) -> bool:
+    """Whether a register value is one of the interpreter's pointers (or a
+    pointer moved by arithmetic the verifier allows)."""
+    if v is None or not _PTR_LO <= v <= _PTR_HI:
+        return False
+    return any(lo <= v <= hi for lo, hi in _POINTER_WINDOWS)
+
+
 #: init-mask bytes for a write of n bytes (helpers write up to a stack frame)
 _ONES = [b"\1" * n for n in range(513)]
 
@@ -392,6 +416,8 @@ class Interpreter:
                                 v = regs[insn.src]
                                 if v is None:
                                     raise _uninit(insn.src)
+                                if c == ALU and _PTR_LO <= v <= _PTR_HI and is_pointer(v):
+                                    raise _layout_dependent(insn.src, "partial copy of pointer")
                             else:
                                 v = insn.imm
                             regs[insn.dst] = v & (U64 if c == ALU64 else U32)
@@ -428,9 +454,11 @@ class Interpreter:
                 done = self._call(run, f, insn)
             else:
                 r0 = self._reg(f, 0)
-                if isinstance(self.symbolize(r0), tuple):
-                    # the verifier wants a scalar at subprogram exit, and
-                    # an address returned by main differs between engines
+                if is_pointer(r0):
+                    # a privileged load may return an address (from main or
+                    # a static subprogram), but each engine has its own: no
+                    # value to compare (the reducer made such cases from
+                    # real findings by deleting the set-up before a call)
                     raise Invalid("R0 leaks addr as return value")
                 done = self._return(run, r0)
             if done is not None:
@@ -452,6 +480,8 @@ class Interpreter:
         mask = U64 if is64 else U32
         if op == isa.END:
             dst = self._reg(f, insn.dst)
+            if is_pointer(dst):
+                raise _layout_dependent(insn.dst, "byte swap of a pointer")
             width = insn.imm
             v = dst & ((1 << width) - 1)
             if is64 or use_x:  # bswap, or to big endian on a little-endian host
@@ -461,17 +491,23 @@ class Interpreter:
         if op == isa.MOV:
             if use_x:
                 v = self._reg(f, insn.src)
+                if (insn.off or not is64) and is_pointer(v):
+                    raise _layout_dependent(insn.src, "partial copy of pointer")
                 if insn.off:  # movsx
                     v = sext(v, insn.off)
             else:
                 v = insn.imm & U64  # imm sign-extends to 64 bits, then truncates
             f.regs[insn.dst] = v & mask
             return
-        dst = self._reg(f, insn.dst) & mask
+        dst = self._reg(f, insn.dst)
+        src = self._reg(f, insn.src) if use_x else insn.imm & U64
+        if _PTR_LO <= dst <= _PTR_HI or (use_x and _PTR_LO <= src <= _PTR_HI):
+            self._pointer_alu(f, insn, dst, src)
+        dst &= mask
         if op == isa.NEG:
             f.regs[insn.dst] = (-dst) & mask
             return
-        src = (self._reg(f, insn.src) if use_x else insn.imm & U64) & mask
+        src &= mask
         signed = insn.off == 1
         sx = s64 if is64 else s32
         if op == isa.ADD:
@@ -514,6 +550,47 @@ class Interpreter:
             raise Invalid(f"unknown ALU op {insn.opcode:#x}")
         f.regs[insn.dst] = v & mask
 
+    def _pointer_alu(self, f: Frame, insn: Insn, dst: int, src: int) -> None:
+        """The verifier's rules for ALU on pointers (check_alu_op,
+        adjust_reg_min_max_vals, adjust_ptr_min_max_vals), for a privileged
+        loader: what it rejects is INVALID with its message; what it accepts
+        but turns into a scalar made of an address is INVALID too, since each
+        engine lays memory out differently and has no value to compare."""
+        op = insn.opcode & 0xF0
+        name = _ALU_OPS.get(op, f"{op:#x}")
+        dptr = is_pointer(dst)
+        sptr = bool(insn.opcode & isa.X) and is_pointer(src)
+        if not (dptr or sptr):
+            return
+        if op == isa.NEG:
+            raise _layout_dependent(insn.dst, "negated pointer")
+        if dptr and sptr:
+            if op != isa.SUB:
+                raise Invalid(f"R{insn.dst} pointer {name} pointer prohibited")
+            if insn.opcode & 0x07 == isa.ALU:
+                raise _layout_dependent(insn.dst, "32-bit pointer arithmetic")
+            a, b = self.symbolize(dst), self.symbolize(src)
+            if not (isinstance(a, tuple) and isinstance(b, tuple) and a[:-1] == b[:-1]):
+                raise _layout_dependent(insn.dst, "pointer -= pointer of another object")
+            return  # two pointers into one object: their distance is the same everywhere
+        reg = insn.dst if dptr else insn.src
+        if insn.opcode & 0x07 == isa.ALU:
+            if op == isa.SUB:
+                raise _layout_dependent(reg, "32-bit pointer arithmetic")
+            raise Invalid(f"R{insn.dst} 32-bit pointer arithmetic prohibited")
+        if op == isa.SUB and sptr:
+            raise Invalid(f"R{insn.dst} tried to subtract pointer from scalar")
+        if op in (isa.AND, isa.OR, isa.XOR):
+            raise Invalid(f"R{insn.dst} bitwise operator {name} on pointer prohibited")
+        if op not in (isa.ADD, isa.SUB):
+            raise Invalid(f"R{insn.dst} pointer arithmetic with {name} operator prohibited")
+        ptr, off = (dst, src) if dptr else (src, dst)
+        sym = self.symbolize(ptr)
+        if isinstance(sym, tuple) and sym[0] == "map" and not (op == isa.ADD and off == 0):
+            raise Invalid(f"R{insn.dst} pointer arithmetic on map_ptr prohibited")
+        if op == isa.SUB and self._frame_at(ptr, inclusive=True) is not None:
+            raise Invalid(f"R{insn.dst} subtraction from stack pointer prohibited")
+
     # ---- jumps -----------------------------------------------------------
 
     def _taken(self, f: Frame, insn: Insn) -> bool:
@@ -554,7 +631,10 @@ class Interpreter:
             self.write(addr, (insn.imm & mask).to_bytes(size, "little"))
             return
         if insn.opcode & 0xE0 == isa.MEM:
-            self.write(addr, (self._reg(f, insn.src) & mask).to_bytes(size, "little"))
+            v = self._reg(f, insn.src)
+            if _PTR_LO <= v <= _PTR_HI and is_pointer(v) and self._region(addr, size)[3] != "stack":
+                raise _layout_dependent(insn.src, "leaks addr into map")
+            self.write(addr, (v & mask).to_bytes(size, "little"))
             return
         # atomics: read-modify-write; fetch variants return the old value
         old = int.from_bytes(self.read(addr, size), "little")
@@ -674,7 +754,7 @@ class Interpreter:
         return None
 
     def _throw(self, run: _Run, f: Frame, cookie: int) -> int | None:
-        if isinstance(self.symbolize(cookie), tuple):
+        if is_pointer(cookie):
             # the kfunc's argument is a scalar (the verifier rejects a pointer),
             # and an address returned as the cookie differs between engines
             raise Invalid("bpf_throw: R1 must be a scalar cookie")
@@ -715,11 +795,36 @@ def _uninit(r: int) -> Invalid:
     return Invalid(f"R{r} !read_ok (read of an uninitialised register)")
 
 
+def _layout_dependent(r: int, what: str) -> Invalid:
+    return Invalid(f"R{r} {what}: the value depends on each engine's memory layout")
+
+
+_ALU_OPS = {
+    isa.ADD: "+=",
+    isa.SUB: "-=",
+    isa.MUL: "*=",
+    isa.DIV: "/=",
+    isa.OR: "|=",
+    isa.AND: "&=",
+    isa.LSH: "<<=",
+    isa.RSH: ">>=",
+    isa.MOD: "%=",
+    isa.XOR: "^=",
+    isa.ARSH: "s>>=",
+}
+
+
 def check_structure(prog: Program) -> tuple[Where, str] | None:
-    """The verifier's check_subprogs: every function ends in exit or goto
-    (even one that ends in bpf_throw: the dead exit after it is still required)."""
+    """What the verifier rejects from the instructions alone: check_subprogs
+    (every function ends in exit or goto, even one that ends in bpf_throw: the
+    dead exit after it is still required) and check_alu_op's immediate checks
+    (division by an immediate zero, a shift by an immediate outside the width)."""
     starts = prog.function_starts()
     for start, end in zip(starts, starts[1:] + [len(prog.insns)]):
+        for pc in range(start, end):
+            why = _alu_imm_problem(prog.insns[pc])
+            if why:
+                return Where(prog.name, prog.function_name(start), pc), why
         last = prog.insns[end - 1] if end > start else None
         if last is None or last.opcode not in (
             isa.JMP | isa.EXIT,
@@ -730,6 +835,18 @@ def check_structure(prog: Program) -> tuple[Where, str] | None:
                 Where(prog.name, prog.function_name(start), end - 1),
                 "last insn is not an exit or jmp",
             )
+    return None
+
+
+def _alu_imm_problem(i: Insn) -> str | None:
+    c = i.opcode & 0x07
+    if c not in (isa.ALU, isa.ALU64) or i.opcode & isa.X:
+        return None
+    op = i.opcode & 0xF0
+    if op in (isa.DIV, isa.MOD) and i.imm == 0:
+        return "div by zero"
+    if op in (isa.LSH, isa.RSH, isa.ARSH) and not 0 <= i.imm < (64 if c == isa.ALU64 else 32):
+        return f"invalid shift {i.imm}"
     return None
 
 

@@ -80,16 +80,25 @@ def programs(draw, *, min_size: int = 1, max_size: int = 12):
     for s in slots:
         starts.append(pc)
         pc += len(s)
-    insns: list[Insn] = []
+    # calls first: their targets start functions, and a jump stays inside its
+    # own function (check_subprogs), so jump targets are drawn after
+    firsts: list[Insn] = []
     for at, s in zip(starts, slots, strict=True):
         i = s[0]
-        rel = draw(st.sampled_from(starts)) - (at + 1)
+        if i.opcode == isa.JMP | isa.CALL and i.src == isa.PSEUDO_CALL:
+            i = Insn(i.opcode, src=1, imm=draw(st.sampled_from(starts)) - (at + 1))
+        firsts.append(i)
+    funcs = sorted({0} | {at + 1 + i.imm for at, i in zip(starts, firsts) if i.src == 1
+                          and i.opcode == isa.JMP | isa.CALL})  # fmt: skip
+    insns: list[Insn] = []
+    for at, s, i in zip(starts, slots, firsts, strict=True):
+        lo = max(f for f in funcs if f <= at)
+        hi = min([f for f in funcs if f > at] + [pc])
+        rel = draw(st.sampled_from([t for t in starts if lo <= t < hi])) - (at + 1)
         if isa.is_jump(i) and i.opcode == isa.JMP32 | isa.JA:
             i = Insn(i.opcode, imm=rel)
         elif isa.is_jump(i):
             i = Insn(i.opcode, i.dst, i.src, rel, i.imm)
-        elif i.opcode == isa.JMP | isa.CALL and i.src == isa.PSEUDO_CALL:
-            i = Insn(i.opcode, src=1, imm=rel)
         insns += [i, *s[1:]]
     labels = {
         p: f"L{p}" for p in draw(st.lists(st.sampled_from(starts + [len(insns)]), unique=True))
