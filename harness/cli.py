@@ -221,7 +221,7 @@ def cmd_show(args) -> int:
         print(side_by_side(compare(case, model, native, dead=dead), width=args.width), end="")
         return 0
     for name in names:
-        eng = engines.get_spec(name, _profile(args))
+        eng = engines.get_spec(name, _profile(args), **_options(args))
         print(f"==== {name}")
         print(eng.listing(case))
         eng.close()
@@ -413,11 +413,21 @@ def cmd_bench(args) -> int:
     from harness.campaign.bench import bench
 
     names = _available(_engines(args))
+    profile = "" if args.profile == "linux-6.18" else f" --profile {args.profile}"
     print(
         f"$ jitdiff bench {' '.join('--engine ' + n for n in names)} --cases {args.cases} "
-        f"--seed {args.seed} --rounds {args.rounds}"
+        f"--seed {args.seed} --rounds {args.rounds}{profile}"
     )
-    print(bench(names, cases=args.cases, seed=args.seed, rounds=args.rounds))
+    print(
+        bench(
+            names,
+            cases=args.cases,
+            seed=args.seed,
+            rounds=args.rounds,
+            profile=_profile(args),
+            options=_options(args),
+        )
+    )
     return 0
 
 
@@ -441,8 +451,16 @@ def cmd_mutants(args) -> int:
     return 0 if all(s.found for s in scores) else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr, exit 2, like every other bad input
+    (argparse would print the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jitdiff",
         description=__doc__.splitlines()[0],
         epilog="Exit status: 0 clean, 1 a divergence or failed expectation, 2 bad input or an "
@@ -613,9 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.set_defaults(fn=cmd_mutants)
 
     args = p.parse_args(argv)
-    if getattr(args, "no_save", False) and args.corpus is not None:
-        p.error("--corpus and --no-save contradict each other: save to a corpus or not")
     try:
+        if getattr(args, "no_save", False) and args.corpus is not None:
+            raise JitdiffError("--corpus and --no-save contradict each other: save or not")
         # every engine spec and the profile, checked the same way for every
         # verb before any work starts (and before any worker is spawned)
         for spec in getattr(args, "engine", None) or ():

@@ -20,6 +20,7 @@ from harness.campaign.fuzz import case_for
 from harness.campaign.runner import REFERENCE_BUDGET, native_budget
 from harness.jit.x86_64.codegen import clear_memo
 from harness.process import Interrupted
+from harness.reference.profile import LINUX, Profile
 from oracles import compare_case
 
 __all__ = ["bench"]
@@ -45,14 +46,16 @@ def bench(
     seed: int = 1,
     rounds: int = 3,
     config: Config | None = None,
+    profile: Profile = LINUX,
+    options: dict | None = None,
 ) -> str:
     """Each phase's time is the best of ``rounds`` passes over the same
     systems (these machines are VMs whose speed drifts by a quarter from
     minute to minute; the minimum is the stable figure). Every round starts
     with the JIT's memo cold, as a fresh worker would."""
     config = config or Config()
-    ref = engines.get("interp")
-    cands = [engines.get_spec(n) for n in names if n != "interp"]
+    ref = engines.get("interp", profile)
+    cands = [engines.get_spec(n, profile, **(options or {})) for n in names if n != "interp"]
     best: dict[str, float] = {}
     per_engine: dict[str, dict[str, float]] = {e.name: {} for e in cands}
 
