@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 a divergence or failed expectation, 2 bad input or
 an unusable engine (one line on stderr, never a traceback), 130 interrupted
-(the summary so far printed first). Streams and files: docs/cli.md.
+(the summary so far printed first). Streams and files: docs/cli.md. Every
+engine spec, the profile and every number are checked before any work starts.
 """
 
 from __future__ import annotations
@@ -475,8 +476,10 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument(
             "--engine",
             action="append",
-            help="engine (repeatable); interp is "
-            f"always the reference; known: {', '.join(engines.ENGINES)}",
+            metavar="SPEC",
+            help="engine (repeatable): NAME, NAME@PROFILE or x86_64+FAULT[+FAULT] (a named "
+            "fault or historical design of the model); every spec is checked before any "
+            f"work starts; interp is always the reference; known: {', '.join(engines.ENGINES)}",
         )
         sp.add_argument(
             "--profile", default="linux-6.18", help="semantic profile: " + ", ".join(PROFILES)
