@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import formats
-from harness.errors import AsmError, CaseError
+from harness.errors import AsmError, CaseError, DecodeError
 from harness.formats import asm, isa
 from harness.system import (
     MAX_MAPS,
@@ -397,7 +397,6 @@ def _bytes(b: bytes) -> str:
 
 def render(case: Case) -> str:
     """The canonical text of ``case``; raises ``CaseError`` if it has none."""
-    case.check()  # what parse would refuse has no text
     out: list[str] = []
     if case.comment:
         if any(c in case.comment for c in "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
@@ -452,6 +451,10 @@ def render(case: Case) -> str:
 def _render_program(name: str, prog: Program, maps: list[str]) -> list[str]:
     if name != prog.name or not _NAME_RE.match(name) or prog.type not in PROG_TYPES:
         raise CaseError(f"program {name!r} ({prog.type}) cannot be written as a case file")
+    try:  # what parse would refuse has no text (a sidecar's script-only case has no programs)
+        isa.validate(prog.insns, extra_start=prog.exception_callback_pc())
+    except (DecodeError, KeyError) as e:
+        raise CaseError(f"program {name}: {e}") from None
     boundaries, pc = {len(prog.insns)}, 0
     while pc < len(prog.insns):
         boundaries.add(pc)

@@ -41,6 +41,7 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from harness import formats
 from harness.errors import CaseError
 from harness.formats import isa
 from harness.formats.isa import Insn
@@ -169,7 +170,8 @@ def load(path: str | os.PathLike[str], *, sidecar: bool = True) -> Case:
     if sidecar and side.is_file():
         from harness.formats import casefile
 
-        case = casefile.apply_script(case, side.read_text(encoding="utf-8"), file=str(side))
+        text = formats.read_text(side, CaseError)
+        case = casefile.apply_script(case, text, file=str(side))
     return case
 
 
@@ -178,11 +180,16 @@ def parse(data: bytes, *, file: str = "<object>") -> Case:
     # pyelftools and the BTF reader report a damaged object in their own terms
     # (wherever in the object the damage is): one line naming the file instead
     try:
-        return _parse(data, file)
+        case = _parse(data, file)
     except (ELFError, struct.error, ValueError, IndexError, KeyError, OverflowError) as e:
         raise CaseError(f"not a readable ELF object ({type(e).__name__}: {e})", file=file) from None
     except BtfError as e:
         raise CaseError(f".BTF: {e}", file=file) from None
+    try:  # the limits every case keeps (a .bss of megabytes, say)
+        case.check()
+    except CaseError as e:
+        raise CaseError(e.message, file=file) from None
+    return case
 
 
 def _parse(data: bytes, file: str) -> Case:

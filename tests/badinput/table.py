@@ -38,7 +38,15 @@ def _case(id: str, text: str | bytes, line: int | None, words: str) -> Bad:
 
 CASES = [
     # encodings (#13: UnicodeDecodeError)
-    _case("binary-elf", b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)), 2, "not UTF-8"),
+    _case("binary", bytes(range(256)), 2, "not UTF-8"),  # 0x0a ends line 1
+    _case("binary-elf", b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)), None, "not BPF"),
+    _case("elf-truncated", b"\x7fELF", None, "ELF"),
+    _case(
+        "elf-bpf-garbage",
+        b"\x7fELF\x02\x01\x01" + bytes(11) + b"\x01\x00\xf7\x00" + bytes(40),
+        None,
+        "ELF",
+    ),  # fmt: skip
     _case("latin1-comment", b"# caf\xe9\n" + PROG.encode(), 1, "not UTF-8"),
     _case("latin1-line4", PROG.encode() + b"# \xff\n", 4, "not UTF-8 text (byte 0xff"),
     _case("nul-byte", "program p raw_tp\n    r0 = 0\x00\n    exit\n", 2, "NUL byte"),

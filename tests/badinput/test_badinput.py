@@ -31,6 +31,7 @@ MEMORY_LIMIT = 3 << 30
 #: run as processes too: the #13 reproducers and one of each kind
 SUBPROCESS = {
     "case-binary-elf",
+    "case-binary",
     "case-latin1-line4",
     "case-map-entries-u32max",
     "case-map-both-u32max",
