@@ -822,8 +822,8 @@ def check_structure(prog: Program) -> tuple[Where, str] | None:
     starts = prog.function_starts()
     for start, end in zip(starts, starts[1:] + [len(prog.insns)]):
         for pc in range(start, end):
-            why = _alu_imm_problem(prog.insns[pc])
-            if why:
+            i = prog.insns[pc]
+            if i.opcode in _IMM_CHECKED and (why := _alu_imm_problem(i)):
                 return Where(prog.name, prog.function_name(start), pc), why
         last = prog.insns[end - 1] if end > start else None
         if last is None or last.opcode not in (
@@ -836,6 +836,14 @@ def check_structure(prog: Program) -> tuple[Where, str] | None:
                 "last insn is not an exit or jmp",
             )
     return None
+
+
+#: ALU opcodes with an immediate the verifier bounds (divisor, shift count)
+_IMM_CHECKED = frozenset(
+    c | isa.K | op
+    for c in (isa.ALU, isa.ALU64)
+    for op in (isa.DIV, isa.MOD, isa.LSH, isa.RSH, isa.ARSH)
+)
 
 
 def _alu_imm_problem(i: Insn) -> str | None:
