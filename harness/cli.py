@@ -270,7 +270,7 @@ def cmd_fuzz(args) -> int:
         seconds=args.time,
         workers=args.workers or default_workers(),
         profile=_profile(args),
-        corpus=None if args.no_save else Path(args.corpus or "corpus"),
+        corpus=None if args.no_save else Path(args.corpus),
         shrink=not args.no_shrink,
         shrink_tries=args.shrink_tries,
         stop_on_first=args.stop_on_first,
@@ -635,8 +635,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = p.parse_args(argv)
     try:
-        if getattr(args, "no_save", False) and args.corpus is not None:
-            raise JitdiffError("--corpus and --no-save contradict each other: save or not")
+        if hasattr(args, "no_save"):
+            if args.no_save and args.corpus is not None:
+                raise JitdiffError("--corpus and --no-save contradict each other: save or not")
+            args.corpus = args.corpus or "corpus"
         # every engine spec and the profile, checked the same way for every
         # verb before any work starts (and before any worker is spawned)
         for spec in getattr(args, "engine", None) or ():

@@ -225,9 +225,13 @@ def parse_spec(text: str) -> Spec:
 
 
 def base_name(spec: str) -> str:
-    """The engine a spec names: ``x86_64+missing-pop`` -> ``x86_64``,
-    ``guest:arm64@bookworm`` -> ``guest``."""
-    return parse_spec(spec).engine
+    """The engine a spec names, read without checking the rest (``parse_spec``
+    is the check): ``x86_64+missing-pop`` -> ``x86_64``, ``guest:arm64@bookworm``
+    -> ``guest``."""
+    family, colon, _ = spec.partition(":")
+    if colon and family + ":" in FAMILIES:
+        return family
+    return spec.partition("@")[0].split("+")[0]
 
 
 def get_spec(spec: str, profile: Profile = LINUX, **options) -> Engine:
