@@ -95,13 +95,6 @@ SHAPES = [
     Shape("bswap_ptr", "r2 = r1\nr2 = be16 r2\nr0 = 0\nexit", None, 1),
     Shape("fp_minus_ctx", "r2 = r10\nr2 -= r1\nr0 = r2\nexit", None, 1),
     Shape("sub32_ptrs", "r2 = r1\nw2 -= w1\nr0 = 0\nexit", None, 1),
-    Shape(
-        "store_fp_into_map",
-        "r1 = map_value[m] ll\n*(u64 *)(r1 + 0) = r10\nr0 = 0\nexit",
-        None,
-        2,
-        maps="map m array max_entries=1\n",
-    ),
 ]
 
 

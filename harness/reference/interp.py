@@ -631,10 +631,7 @@ class Interpreter:
             self.write(addr, (insn.imm & mask).to_bytes(size, "little"))
             return
         if insn.opcode & 0xE0 == isa.MEM:
-            v = self._reg(f, insn.src)
-            if _PTR_LO <= v <= _PTR_HI and is_pointer(v) and self._region(addr, size)[3] != "stack":
-                raise _layout_dependent(insn.src, "leaks addr into map")
-            self.write(addr, (v & mask).to_bytes(size, "little"))
+            self.write(addr, (self._reg(f, insn.src) & mask).to_bytes(size, "little"))
             return
         # atomics: read-modify-write; fetch variants return the old value
         old = int.from_bytes(self.read(addr, size), "little")
