@@ -75,15 +75,11 @@ def test_hierarchy_bug_shrinks_to_the_textbook_reproducer():
 #: a fault of each kind of symptom: counter arithmetic, host state, registers,
 #: memory (shrinking each takes a few seconds)
 SHRUNK = [
-    # the reproducer still diverges on the unfaulted model too (reduction has
-    # ended on main = "call f1" falling through into the next function, which
-    # the verifier rejects and the interpreter runs). Shrinking is bounded by
-    # attempts, not seconds, so this is the same on every machine: strict, and
-    # an XPASS says the mark must go
-    pytest.param(
-        "tcc-limit-off-by-one",
-        marks=pytest.mark.xfail(strict=True, reason="the reproducer diverges unfaulted too"),
-    ),
+    # its reduction used to end on main = "call f1" falling through into the
+    # next function, a program the verifier rejects: the interpreter refuses
+    # it now (harness.formats.isa.validate, per function), so reduction keeps
+    # only steps the unfaulted model still agrees on
+    "tcc-limit-off-by-one",
     "missing-pop",
     "tail-call-clobbers-ctx",
     "priv-stack-shared",
