@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-__all__ = ["Config", "FEATURES"]
+__all__ = ["Config", "FEATURES", "CONSTRAINTS"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,14 @@ class Config:
     max_ctx: int = 96
     #: program types to draw from; all programs of one system share the type.
     prog_types: tuple[str, ...] = ("raw_tp", "sched_cls")
+
+    # ---- constraints of an engine (never swarmed: off forbids a combination) --
+    #: a program may both tail-call and have bpf-to-bpf calls (or an exception
+    #: callback, a subprogram too). The verifier refuses the mix unless the
+    #: JIT supports it (bpf_jit_supports_subprog_tailcalls: riscv64 and
+    #: ppc64el 6.12 do not); off, each program of a system with both features
+    #: draws one of them, so both shapes stay reachable, just never mixed.
+    tail_calls_with_subprograms: bool = True
 
     # ---- feature switches (all on: swarm testing picks a subset per system) --
     #: bpf-to-bpf calls (static subprograms).
@@ -106,5 +114,10 @@ class Config:
         return frozenset(f for f in FEATURES if getattr(self, f))
 
 
+#: switches that forbid a combination instead of enabling a shape
+CONSTRAINTS: tuple[str, ...] = ("tail_calls_with_subprograms",)
+
 #: Every feature switch, in the order swarm testing draws them (simplest off).
-FEATURES: tuple[str, ...] = tuple(f.name for f in fields(Config) if f.type in ("bool", bool))
+FEATURES: tuple[str, ...] = tuple(
+    f.name for f in fields(Config) if f.type in ("bool", bool) and f.name not in CONSTRAINTS
+)

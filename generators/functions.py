@@ -197,7 +197,8 @@ def _kinds(st: FnState) -> list[str]:
         kinds += ["stack_store", "stack_load"]
     if any(_callable(st, c) for c in st.candidates):
         kinds.append("call")
-    if sp.slots is not None and st.has_ctx and (st.is_main or sp.on("tail_calls_in_subprograms")):
+    tail_ok = st.is_main or sp.on("tail_calls_in_subprograms")
+    if sp.tail_calls_in(st.prog) and st.has_ctx and tail_ok:
         kinds.append("tail_call")
     if sp.on("helpers"):
         kinds.append("helper")
@@ -307,7 +308,7 @@ def build_function(
             if sp.slots is None:
                 st.plain += fn.size - size
     onward = [k for k, v in enumerate(sp.slots or ()) if v not in (None, prog)]
-    if is_main and prog == 0 and onward and draw.boolean(0.75):
+    if is_main and prog == 0 and onward and sp.tail_calls_in(prog) and draw.boolean(0.75):
         # the entry hands over to another program on its way out: otherwise
         # the other programs were often never entered (in half the systems
         # that had one never entered, no tail call ran at all)
@@ -345,9 +346,17 @@ class ProgramParts:
 def build_program(sp: SystemPlan, prog: int) -> ProgramParts:
     draw, cfg = sp.draw, sp.config
     subs: list[FnPlan] = []
+    with_subs = sp.on("subprograms")
+    if with_subs and sp.slots is not None and not cfg.tail_calls_with_subprograms:
+        # the kernel refuses the mix: this program draws subprograms or tail
+        # calls (a per-program draw keeps both shapes and shrinking local)
+        if draw.boolean(0.5):
+            sp.no_tail_calls.add(prog)
+        else:
+            with_subs = False
     # a deep program: many subprograms, each calling the tallest one before it
-    deep = sp.on("subprograms") and draw.boolean(0.25)
-    if sp.on("subprograms"):
+    deep = with_subs and draw.boolean(0.25)
+    if with_subs:
         average = 8.0 if deep else 2.5
         while draw.more(len(subs), max_size=cfg.max_functions - 1, average=average):
             ctx_p = 0.6 if (sp.on("tail_calls_in_subprograms") or sp.on("ctx_reads")) else 0.2
@@ -364,6 +373,8 @@ def build_program(sp: SystemPlan, prog: int) -> ProgramParts:
     count = sp.slots is not None or draw.boolean(0.3)
     build_function(sp, prog, main, list(subs), is_main=True, forced=forced, count=count, deep=deep)
     callback = None
-    if sp.ptype == "sched_cls" and sp.on("exception_callbacks") and draw.boolean(0.6):
+    # the callback is a subprogram too (subprog_cnt > 1 with any tail call)
+    mix_ok = cfg.tail_calls_with_subprograms or not sp.tail_calls_in(prog)
+    if sp.ptype == "sched_cls" and sp.on("exception_callbacks") and mix_ok and draw.boolean(0.6):
         callback = exceptions.build_callback(sp)
     return ProgramParts(sp.prog_names[prog], main, subs, callback)

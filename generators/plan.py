@@ -49,6 +49,13 @@ class SystemPlan:
     used_maps: set[str] = field(default_factory=set)
     #: prog array keys used by direct (constant key) tail calls.
     direct_keys: set[int] = field(default_factory=set)
+    #: programs that drew subprograms instead of tail calls
+    #: (``Config.tail_calls_with_subprograms`` off).
+    no_tail_calls: set[int] = field(default_factory=set)
+
+    def tail_calls_in(self, prog: int) -> bool:
+        """Whether program ``prog`` may tail-call."""
+        return self.slots is not None and prog not in self.no_tail_calls
 
     def on(self, feature: str) -> bool:
         return feature in self.features

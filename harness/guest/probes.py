@@ -23,7 +23,7 @@ PROBES: dict[str, tuple[tuple[str, ...], str]] = {
     # JIT's support (bpf_jit_supports_subprog_tailcalls); a tail call from a
     # subprogram is the mix's hardest shape
     "tail_calls_with_subprograms": (
-        ("tail_calls_in_subprograms",),
+        ("tail_calls_in_subprograms", "tail_calls_with_subprograms"),
         """
 map jmp_table prog_array max_entries=1
     0 = target

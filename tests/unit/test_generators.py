@@ -26,6 +26,7 @@ from generators import (
 from generators.coverage import program_facts
 from harness.formats import isa
 from harness.outcome import Status
+from harness.reference.helpers import TAIL_CALL
 from harness.reference.interp import run_case
 from harness.system import Case
 
@@ -155,6 +156,30 @@ def test_config_narrows_generation():
         assert len(case.programs) == 1 and "progs" not in case.maps
         prog = case.programs["p0"]
         assert program_facts(prog).keys() - {prog.exception_callback} == {"main"}
+
+
+def test_no_program_mixes_tail_calls_and_subprograms_when_forbidden():
+    # what riscv64 and ppc64el 6.12 need: the verifier refuses a program with
+    # a tail call and more than one function (an exception callback counts)
+    cfg = Config(tail_calls_with_subprograms=False)
+    tail = subs = both = 0
+    for seed in FAST_SEEDS:
+        case = generate(seed, cfg)
+        check_case(case)
+        kinds = set()
+        for prog in case.programs.values():
+            has_tail = any(
+                i.opcode == isa.JMP | isa.CALL and i.src == 0 and i.imm == TAIL_CALL
+                for i in prog.insns
+            )
+            has_subs = len(prog.function_starts()) > 1
+            assert not (has_tail and has_subs), (seed, prog.name)
+            kinds |= {"tail"} if has_tail else {"subs"} if has_subs else set()
+        tail += "tail" in kinds
+        subs += "subs" in kinds
+        both += kinds == {"tail", "subs"}
+    # both shapes stay reachable, in one system too
+    assert tail > 20 and subs > 20 and both > 0, (tail, subs, both)
 
 
 def test_coverage_reaches_every_shape():
