@@ -110,8 +110,8 @@ class Config:
         return replace(self, **changes)
 
     def enabled(self) -> frozenset[str]:
-        """The feature switches that are on."""
-        return frozenset(f for f in FEATURES if getattr(self, f))
+        """The feature switches and constraints that are on."""
+        return frozenset(f for f in FEATURES + CONSTRAINTS if getattr(self, f))
 
 
 #: switches that forbid a combination instead of enabling a shape
