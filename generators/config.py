@@ -56,6 +56,11 @@ class Config:
     #: ppc64el 6.12 do not); off, each program of a system with both features
     #: draws one of them, so both shapes stay reachable, just never mixed.
     tail_calls_with_subprograms: bool = True
+    #: the JIT compiles BPF_ATOMIC. The 32-bit JITs of 6.1 (arm, x86-32)
+    #: refuse every atomic ("NOT YET"), the load fails with ENOTSUPP; off, no
+    #: atomic is generated (``atomics`` off too; the run counter is bumped by
+    #: load, add, store, which counts the same: a run never races another).
+    jit_atomics: bool = True
 
     # ---- feature switches (all on: swarm testing picks a subset per system) --
     #: bpf-to-bpf calls (static subprograms).
@@ -115,7 +120,7 @@ class Config:
 
 
 #: switches that forbid a combination instead of enabling a shape
-CONSTRAINTS: tuple[str, ...] = ("tail_calls_with_subprograms",)
+CONSTRAINTS: tuple[str, ...] = ("tail_calls_with_subprograms", "jit_atomics")
 
 #: Every feature switch, in the order swarm testing draws them (simplest off).
 FEATURES: tuple[str, ...] = tuple(

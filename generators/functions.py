@@ -91,7 +91,8 @@ def emit_count(st: FnState) -> None:
     fn = st.fn
     st.sp.used_maps.add("counts")
     fn.map_value(R1, "counts", 8 * st.prog)
-    if st.draw.boolean():
+    # the draw stays when atomics are off, so systems keep their shape
+    if st.draw.boolean() or not st.sp.config.jit_atomics:
         fn.ldx(8, R2, R1, 0)
         fn.alu(isa.ADD, R2, imm=1)
         fn.stx(8, R1, 0, R2)

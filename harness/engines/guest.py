@@ -30,7 +30,7 @@ from harness.engines.kernel_native import native_outcomes
 from harness.errors import EngineUnavailable, JitdiffError, Unsupported
 from harness.guest import protocol
 from harness.guest.arches import ARCHES, DEFAULT_SUITE, SUITES
-from harness.guest.probes import case_needs, narrow_switches, probe_cases
+from harness.guest.probes import PROBES, case_needs, narrow_switches, probe_cases
 from harness.guest.setup import Guest, agent_hash, host_missing, installed
 from harness.guest.vm import CRASH_TEXT, GuestDown, Vm, crash_kind, excerpt
 from harness.kernel.btf import Btf, BtfError
@@ -200,7 +200,8 @@ class GuestEngine(Engine):
         path = Path(self.guest.initrd).parent / "capabilities.json"
         try:
             cached = json.loads(path.read_text())
-            if cached.get("agent") == self.guest.agent:
+            # a probe added since the cache was written is run then
+            if cached.get("agent") == self.guest.agent and cached["found"].keys() == PROBES.keys():
                 return cached["found"]
         except (OSError, ValueError, KeyError):
             pass

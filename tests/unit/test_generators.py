@@ -182,6 +182,25 @@ def test_no_program_mixes_tail_calls_and_subprograms_when_forbidden():
     assert tail > 20 and subs > 20 and both > 0, (tail, subs, both)
 
 
+def test_no_atomic_when_the_jit_has_none():
+    # the 32-bit JITs of 6.1 refuse every BPF_ATOMIC (arch/arm/net/bpf_jit_32.c,
+    # arch/x86/net/bpf_jit_comp32.c: "goto notyet"); the guest probe turns both off
+    from harness.guest.probes import narrow_switches
+
+    off = narrow_switches({"atomics": "prog entry rejected (ENOTSUPP)"})
+    assert off == {"atomics": False, "jit_atomics": False}
+    counted = 0
+    for seed in FAST_SEEDS:
+        case = generate(seed, Config(**off))
+        check_case(case)
+        for prog in case.programs.values():
+            assert not any(
+                isa.cls(i.opcode) == isa.STX and i.opcode & 0xE0 == isa.ATOMIC for i in prog.insns
+            ), (seed, prog.name)
+        counted += "counts" in case.maps
+    assert counted > 50  # the run counter is still there, bumped by load/add/store
+
+
 def test_coverage_reaches_every_shape():
     counts: Counter = Counter()
     for seed in COVERAGE_SEEDS:
