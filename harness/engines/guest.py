@@ -32,9 +32,9 @@ from harness.guest import protocol
 from harness.guest.arches import ARCHES, DEFAULT_SUITE, SUITES
 from harness.guest.probes import PROBES, case_needs, narrow_switches, probe_cases
 from harness.guest.setup import Guest, agent_hash, host_missing, installed
-from harness.guest.vm import CRASH_TEXT, GuestDown, Vm, crash_kind, excerpt
+from harness.guest.vm import GuestDown, Vm, excerpt
 from harness.kernel.btf import Btf, BtfError
-from harness.kernel.crashes import signature
+from harness.kernel.crashes import kernel_report, signature
 from harness.kernel.worker import DEFAULT_CRASH_DIR, Answer, Crash, KernelCrash, save_reproducer
 from harness.outcome import CaseOutcome
 from harness.reference.profile import LINUX, Profile
@@ -163,7 +163,7 @@ class GuestEngine(Engine):
         # a kernel bug the kernel survived (a BUG: line without a panic)
         text = self.vm.console()
         new, self._console_seen = text[self._console_seen :], len(text)
-        if CRASH_TEXT.search(new):
+        if kernel_report(new.splitlines()):
             self.vm.close()
             self.vm.hello = None
             return self._crashed(case, "logged a kernel bug", excerpt(new)), {}
@@ -174,7 +174,7 @@ class GuestEngine(Engine):
 
     def _crashed(self, case: Case, how: str, console: str) -> Answer:
         self.vm.hello = None  # the next case boots a fresh guest
-        sig = f"guest-{self.arch}-" + signature(console, fallback=crash_kind(console, how))
+        sig = f"guest-{self.arch}-" + signature(console, fallback=how)
         head = (
             f"kernel crash reproducer ({sig}): {self.name}, Linux {self.release} "
             f"({self.guest.package} {self.guest.version}) {how} while loading/running this case"

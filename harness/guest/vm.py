@@ -12,7 +12,6 @@ and the console excerpt) when qemu exits or the agent does not answer within
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import struct
@@ -25,19 +24,13 @@ from harness.errors import JitdiffError
 from harness.guest import protocol
 from harness.guest.arches import Arch, arch
 from harness.guest.setup import Guest
+from harness.kernel.crashes import CRASH_LINE
 
-__all__ = ["Vm", "GuestDown", "BOOT_TIMEOUT", "CRASH_TEXT", "excerpt", "crash_kind"]
+__all__ = ["Vm", "GuestDown", "BOOT_TIMEOUT", "excerpt"]
 
 #: seconds from qemu's start to the agent's hello (TCG on a loaded machine)
 BOOT_TIMEOUT = 240.0
 MEMORY = "512M"
-#: console lines that mean the guest kernel hit a bug
-CRASH_TEXT = re.compile(
-    # "WARNING: CPU:" is a WARN() splat; a bare "WARNING:" is also printed by
-    # harmless boot messages (ppc64's "WARNING: nvram corruption detected")
-    r"BUG:|Oops|general protection fault|WARNING: CPU:|Kernel panic|Unable to handle kernel"
-    r"|kernel stack overflow|Internal error:|Kernel BUG|Insufficient stack space"
-)
 #: console lines kept around the first crash line
 EXCERPT_LINES = 60
 
@@ -200,18 +193,7 @@ class Vm:
 def excerpt(console: str) -> str:
     """From the first kernel bug line on, or the console's last lines."""
     lines = console.splitlines()
-    bad = next((i for i, ln in enumerate(lines) if CRASH_TEXT.search(ln)), None)
+    bad = next((i for i, ln in enumerate(lines) if CRASH_LINE.search(ln)), None)
     if bad is None:
         return "\n".join(lines[-20:])
     return "\n".join(lines[max(bad - 2, 0) : bad + EXCERPT_LINES])
-
-
-def crash_kind(console: str, fallback: str) -> str:
-    """The first kernel bug line without its timestamp and numbers (what
-    ``harness.kernel.crashes.signature`` falls back to when the console has
-    none of the host's crash lines, e.g. a bare panic)."""
-    for ln in console.splitlines():
-        m = CRASH_TEXT.search(ln)
-        if m:
-            return re.sub(r"0x[0-9a-f]+|[0-9a-f]{8,}|\d+", "", ln[m.start() :])[:60]
-    return fallback

@@ -144,10 +144,17 @@ def known_crash(case: Case, *, when: str = "load") -> str | None:
 
 
 #: a kernel log line that starts a report of a kernel bug: an oops, a BUG (a lockup
-#: detector's too), a WARN splat (``verifier bug: ...`` is the message a
-#: verifier WARN prints just before its ``WARNING:`` line), a sanitizer
+#: detector's too: "BUG: soft lockup"), a WARN splat (``verifier bug: ...`` is
+#: the message a verifier WARN prints just before its ``WARNING:`` line), a
+#: sanitizer; and what the other arches print (a guest's console,
+#: harness.guest): a page fault or die() on arm, arm64, riscv and powerpc, a
+#: panic with no oops before it, a stack overflow, an RCU stall, a hung task.
+#: ppc64's boot prints a harmless "WARNING: nvram corruption detected".
 CRASH_LINE = re.compile(
-    r"BUG:|Oops|general protection fault|WARNING:|kernel BUG at|verifier bug:|UBSAN:|KASAN:"
+    r"BUG:|Oops|general protection fault|WARNING:(?! nvram corruption)|[kK]ernel BUG"
+    r"|verifier bug:|UBSAN:|KASAN:|Kernel panic|Unable to handle kernel|Internal error:"
+    r"|kernel stack overflow|Insufficient stack space|detected stalls? on"
+    r"|blocked for more than \d+ seconds"
 )
 #: the line of a report that names the task it happened in
 _TASK = re.compile(r"\bPID: (\d+)")
@@ -200,8 +207,11 @@ def signature(log: str, fallback: str = "worker-died") -> str:
     text = first[kind.start() :]
     text = re.sub(r"(address|at)[: ]+[0-9a-fx]+.*", "", text)
     text = re.sub(r"0x[0-9a-f]+|[0-9a-f]{8,}", "", text)
-    # a WARN names its CPU, task and source line: none of them is the bug
-    text = re.sub(r"\b(CPU|UID|PID): \d+|:\d+\b", "", text)
+    # a WARN names its CPU, task and source line, a lockup its task and the
+    # numbers of the moment ("soft lockup - CPU#0 stuck for 22s! [agent:93]"):
+    # none of them is the bug, and repeated lockups are one bug
+    text = re.sub(r"\[[^\]]*:\d+\]", "", text)
+    text = re.sub(r"\b(CPU|UID|PID): \d+|:\d+\b|\b\d\w*", "", text)
     rip = _RIP.search(log)
     where = rip.group(1).split("+")[0] if rip else "unknown"
     return f"{_slug(where, 32)}-{_slug(text)}"

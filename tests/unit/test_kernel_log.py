@@ -84,3 +84,40 @@ def test_a_long_log_keeps_its_tail_and_the_whole_in_a_file():
     path = lines[0].rsplit("full log: ", 1)[1].rstrip(")")
     assert open(path).read() == log and save_log(log) == path
     assert log_tail("a\nb\n", lines=5) == "a\nb"  # short: whole, no file
+
+
+# console lines as the guests' kernels print them (arch/*/mm/fault.c, die(),
+# kernel/watchdog.c, kernel/panic.c), timestamps included
+GUEST_BUGS = [
+    "[   12.3] Unable to handle kernel paging request at virtual address ffff800080a3c000",
+    "[   12.3] Unable to handle kernel NULL pointer dereference at virtual address 00000048",
+    "[   12.3] Internal error: Oops: 0000000096000006 [#1] SMP",
+    "[   12.3] Kernel panic - not syncing: Fatal exception",
+    "[   12.3] Insufficient stack space to handle exception!",
+    "[   12.3] kernel BUG at arch/powerpc/net/bpf_jit_comp.c:312!",
+    "[   12.3] rcu: INFO: rcu_sched self-detected stall on CPU",
+    "[   12.3] INFO: task agent:93 blocked for more than 120 seconds.",
+]
+
+
+def test_the_other_arches_crash_lines_are_reports():
+    for line in GUEST_BUGS:
+        assert kernel_report(NOISE + [line]) == line
+    # ppc64's boot says this on every boot, and nothing is wrong
+    assert (
+        kernel_report(["[    0.5] WARNING: nvram corruption detected: 0-length partition"]) is None
+    )
+
+
+def test_repeated_soft_lockups_are_one_signature():
+    def lockup(cpu: int, secs: int, pid: int) -> str:
+        return "\n".join(
+            [
+                f"[  {secs + 40}.1] watchdog: BUG: soft lockup - CPU#{cpu} stuck for {secs}s! "
+                f"[agent:{pid}]",
+                f"[  {secs + 40}.1] epc : ___bpf_prog_run+0x1c/0x1e40",
+            ]
+        )
+
+    a, b = signature(lockup(0, 22, 93)), signature(lockup(1, 48, 117))
+    assert a == b == "bpf-prog-run-bug-soft-lockup-cpu-stuck-for"
