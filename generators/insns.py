@@ -147,6 +147,8 @@ def emit_alu(st: FnState) -> None:
     form = draw.choice(_FORMS)
     op, off = ALU_FORMS[form]
     w64 = draw.boolean()
+    if op in (isa.DIV, isa.MOD) and not st.sp.config.jit_alu64_divmod:
+        w64 = False
     width = 64 if w64 else 32
     dst = draw.choice(_writable(st))
     _value(st, dst, ready)

@@ -97,6 +97,21 @@ run entry
     expect map counts 0 = 01 00 00 00 01 00 00 00
 """,
     ),
+    # the same JITs have no 64-bit div or mod either
+    "alu64_divmod": (
+        ("jit_alu64_divmod",),
+        """
+program entry sched_cls
+main:
+    r0 = 47
+    r0 /= 3
+    r0 %= 4
+    exit
+
+run entry
+    expect retval 3
+""",
+    ),
     # not a load probe: the JIT's tail-call semantics. A tail call to an empty
     # slot falls through; whether it still counts towards the 33 differs (the
     # interpreter counts it, the x86-64 and arm64 JITs do not). Present means
@@ -164,6 +179,8 @@ def case_needs(case: Case) -> set[str]:
         for i in prog.insns:
             if isa.cls(i.opcode) == isa.STX and i.opcode & 0xE0 == isa.ATOMIC:
                 need.add("atomics")
+            if isa.cls(i.opcode) == isa.ALU64 and i.opcode & 0xF0 in (isa.DIV, isa.MOD):
+                need.add("alu64_divmod")
             if i.opcode != isa.JMP | isa.CALL:
                 continue
             if i.src == isa.PSEUDO_KFUNC_CALL and i.imm == KFUNC_IDS["bpf_throw"]:
