@@ -65,6 +65,11 @@ class Config:
     #: ("NOT YET", ENOTSUPP at load). Off, a drawn 64-bit div or mod is made
     #: 32-bit (the same draws, so a system keeps its shape).
     jit_alu64_divmod: bool = True
+    #: the cpu v4 instructions (6.6): sdiv/smod, movsx, sign-extending loads,
+    #: bswap, gotol. 6.1's verifier refuses them ("BPF_ALU uses reserved
+    #: fields"); off, each drawn one becomes its v1-v3 sibling (div/mod, mov,
+    #: a plain load, le/be, goto) on the same draws.
+    cpu_v4: bool = True
 
     # ---- feature switches (all on: swarm testing picks a subset per system) --
     #: bpf-to-bpf calls (static subprograms).
@@ -124,7 +129,12 @@ class Config:
 
 
 #: switches that forbid a combination instead of enabling a shape
-CONSTRAINTS: tuple[str, ...] = ("tail_calls_with_subprograms", "jit_atomics", "jit_alu64_divmod")
+CONSTRAINTS: tuple[str, ...] = (
+    "tail_calls_with_subprograms",
+    "jit_atomics",
+    "jit_alu64_divmod",
+    "cpu_v4",
+)
 
 #: Every feature switch, in the order swarm testing draws them (simplest off).
 FEATURES: tuple[str, ...] = tuple(

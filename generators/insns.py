@@ -61,6 +61,8 @@ ALU_FORMS: dict[str, tuple[int, int]] = {
 #: forms with many variants come up more often: end has nine (le/be/bswap x
 #: 16/32/64), movsx five
 _FORMS = (*ALU_FORMS, "end", "end", "movsx")
+#: a cpu v4 form's older sibling (Config.cpu_v4 off)
+_V3_FORMS = {"sdiv": "div", "smod": "mod", "movsx": "mov"}
 
 #: every jump condition, simplest first.
 CONDITIONS = (
@@ -103,7 +105,8 @@ def _value(st: FnState, reg: int, ready: set[int], base: int | None = None) -> i
             fn.mov(reg, src)
         return None
     if kind == "runtime":
-        return load_runtime(st, reg, signed=draw.boolean(0.3))[1]
+        signed = draw.boolean(0.3) and st.sp.config.cpu_v4
+        return load_runtime(st, reg, signed=signed)[1]
     v = edge_u64(draw)
     form = draw.integer(0, 2)
     if form == 0:
@@ -127,7 +130,8 @@ def _data_place(st: FnState, want: int) -> tuple[str, int, int, bool] | None:
             v = int.from_bytes(data[off : off + size], "little")
             if v == 0 == want:
                 return ("data", off, size, False)
-            if want and v == (1 << (8 * size)) - 1:
+            # -1 from a narrower place needs a sign-extending load (cpu v4)
+            if want and v == (1 << (8 * size)) - 1 and (size == 8 or st.sp.config.cpu_v4):
                 return ("data", off, size, size < 8)
     return None
 
@@ -145,6 +149,8 @@ def emit_alu(st: FnState) -> None:
     draw, fn = st.draw, st.fn
     ready = set(st.scalars)
     form = draw.choice(_FORMS)
+    if not st.sp.config.cpu_v4:
+        form = _V3_FORMS.get(form, form)
     op, off = ALU_FORMS[form]
     w64 = draw.boolean()
     if op in (isa.DIV, isa.MOD) and not st.sp.config.jit_alu64_divmod:
@@ -156,6 +162,8 @@ def emit_alu(st: FnState) -> None:
         fn.alu(isa.NEG, dst, w64=w64)
     elif form == "end":
         kind = draw.choice(("le", "be", "bswap"))
+        if kind == "bswap" and not st.sp.config.cpu_v4:
+            kind = "le"
         fn.end(dst, draw.choice((16, 32, 64)), kind)
     elif form == "movsx":
         src = draw.choice(_writable(st))
@@ -202,7 +210,7 @@ def emit_branch(st: FnState, body=None) -> None:
     cond = draw.choice(CONDITIONS)
     jmp32 = draw.boolean()
     dst = draw.choice(_writable(st))
-    signed = draw.boolean(0.3)
+    signed = draw.boolean(0.3) and st.sp.config.cpu_v4
     _, known, place = load_runtime(st, dst, signed=signed)
     ready.add(dst)
     other = fn.new_label()
@@ -236,7 +244,7 @@ def emit_branch(st: FnState, body=None) -> None:
     draw.choice(body)(st)
     if draw.boolean(0.4):
         end = fn.new_label()
-        fn.goto(end, long=draw.boolean())
+        fn.goto(end, long=draw.boolean() and st.sp.config.cpu_v4)
         fn.label(other)
         draw.choice(body)(st)
         fn.label(end)
@@ -293,6 +301,8 @@ def emit_memory(st: FnState) -> None:
         targets.append("ctx")
     target = draw.choice(targets)
     kind = draw.choice(("ldx", "stx", "st", "ldsx")) if target != "ctx" else "ldx"
+    if kind == "ldsx" and not sp.config.cpu_v4:
+        kind = "ldx"
     ready = set(st.scalars)
     if target == "data":
         sp.used_maps.add("data")

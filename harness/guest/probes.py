@@ -112,6 +112,20 @@ run entry
     expect retval 3
 """,
     ),
+    # the cpu v4 instructions (6.6); 6.1's verifier refuses them all
+    "cpu_v4": (
+        ("cpu_v4",),
+        """
+program entry sched_cls
+main:
+    w0 = -47
+    w0 s/= 3
+    exit
+
+run entry
+    expect retval 0xfffffff1
+""",
+    ),
     # not a load probe: the JIT's tail-call semantics. A tail call to an empty
     # slot falls through; whether it still counts towards the 33 differs (the
     # interpreter counts it, the x86-64 and arm64 JITs do not). Present means
@@ -166,6 +180,21 @@ def narrow_switches(capabilities: dict[str, str]) -> dict[str, bool]:
     return off
 
 
+def _v4(i) -> bool:
+    """A cpu v4 instruction: sdiv/smod and movsx (ALU off), bswap (ALU64
+    END), a sign-extending load (MEMSX), gotol (JMP32 JA)."""
+    from harness.formats import isa
+
+    c, op = isa.cls(i.opcode), i.opcode & 0xF0
+    if c in (isa.ALU, isa.ALU64) and op in (isa.DIV, isa.MOD, isa.MOV) and i.off:
+        return True
+    if c == isa.ALU64 and op == isa.END:
+        return True
+    if c == isa.LDX and i.opcode & 0xE0 == isa.MEMSX:
+        return True
+    return c == isa.JMP32 and op == isa.JA
+
+
 def case_needs(case: Case) -> set[str]:
     """The probed capabilities a case's shape needs to load."""
     from harness.formats import isa
@@ -181,6 +210,8 @@ def case_needs(case: Case) -> set[str]:
                 need.add("atomics")
             if isa.cls(i.opcode) == isa.ALU64 and i.opcode & 0xF0 in (isa.DIV, isa.MOD):
                 need.add("alu64_divmod")
+            if _v4(i):
+                need.add("cpu_v4")
             if i.opcode != isa.JMP | isa.CALL:
                 continue
             if i.src == isa.PSEUDO_KFUNC_CALL and i.imm == KFUNC_IDS["bpf_throw"]:

@@ -190,17 +190,31 @@ def _divmod64(i) -> bool:
     return isa.cls(i.opcode) == isa.ALU64 and i.opcode & 0xF0 in (isa.DIV, isa.MOD)
 
 
+def _v4(i) -> bool:
+    # the cpu v4 encodings (Documentation/bpf/standardization/instruction-set.rst):
+    # sdiv/smod and movsx carry off != 0, bswap is ALU64 END, MEMSX loads, gotol
+    c, op = isa.cls(i.opcode), i.opcode & 0xF0
+    return (
+        (c in (isa.ALU, isa.ALU64) and op in (isa.DIV, isa.MOD, isa.MOV) and i.off != 0)
+        or (c == isa.ALU64 and op == isa.END)
+        or (c == isa.LDX and i.opcode & 0xE0 == isa.MEMSX)
+        or (c == isa.JMP32 and op == isa.JA)
+    )
+
+
 @pytest.mark.parametrize(
     "capability, switches, shape",
     [
         ("atomics", {"atomics", "jit_atomics"}, _atomic),
         ("alu64_divmod", {"jit_alu64_divmod"}, _divmod64),
+        ("cpu_v4", {"cpu_v4"}, _v4),
     ],
 )
-def test_a_shape_the_32_bit_jits_refuse_is_never_drawn(capability, switches, shape):
+def test_a_shape_a_kernel_refuses_is_never_drawn(capability, switches, shape):
     # the 32-bit JITs of 6.1 refuse every BPF_ATOMIC and 64-bit div/mod
     # (arch/arm/net/bpf_jit_32.c, arch/x86/net/bpf_jit_comp32.c: "goto
-    # notyet"); the guest probe's failure turns these switches off
+    # notyet"), 6.1's verifier every cpu v4 instruction; the guest probe's
+    # failure turns these switches off
     from harness.guest.probes import narrow_switches
 
     off = narrow_switches({capability: "prog entry rejected (ENOTSUPP)"})
