@@ -76,6 +76,25 @@ cb:
 run entry
 """,
     ),
+    # the 32-bit JITs of 6.1 (arm, x86-32) compile no bpf-to-bpf call: the
+    # program is left to the interpreter (no JIT image, nothing to compare)
+    "subprograms": (
+        ("subprograms",),
+        """
+program entry sched_cls
+main:
+    r1 = 6
+    call sub
+    exit
+sub:
+    r0 = r1
+    r0 += 1
+    exit
+
+run entry
+    expect retval 7
+""",
+    ),
     # the 32-bit JITs of 6.1 (arm, x86-32) compile no BPF_ATOMIC at all: the
     # load fails with ENOTSUPP; both sizes, as the run counter uses u64
     "atomics": (
@@ -205,6 +224,8 @@ def case_needs(case: Case) -> set[str]:
         if prog.exception_callback is not None:
             need.add("exception_callback")
         starts = prog.function_starts()
+        if len(starts) > 1:
+            need.add("subprograms")
         for i in prog.insns:
             if isa.cls(i.opcode) == isa.STX and i.opcode & 0xE0 == isa.ATOMIC:
                 need.add("atomics")
