@@ -237,7 +237,18 @@ class GuestEngine(Engine):
             cached = json.loads((Path(g.initrd).parent / "capabilities.json").read_text())
         except (OSError, ValueError):
             return config
-        return config.but(**narrow_switches(cached.get("found", {})))
+        found = cached.get("found", {})
+        if found.keys() != PROBES.keys():
+            # probes added since set-up: run them now (one boot, then cached),
+            # or the campaign draws shapes the engine can only call UNSUPPORTED
+            eng = cls(spec=spec)
+            try:
+                found = eng.capabilities()
+            except JitdiffError:
+                pass
+            finally:
+                eng.close()
+        return config.but(**narrow_switches(found))
 
     def reference_profile(self, profile: Profile) -> Profile:
         if self.capabilities().get("empty_slot_keeps_budget", ""):
