@@ -17,6 +17,12 @@ SEED = 0
 #: systems a mutant may take to be found (the slowest needs about 250; see
 #: docs/mutants.md for the measured numbers)
 LIMIT = 600
+#: faults that need a value coincidence as well as their instruction: a 32-bit
+#: shift by 0 whose destination had a non-zero upper half that reaches r0 (found
+#: at system 1004 of seed 0), a jmp32 jset whose operands share only high bits
+#: (1110). Both were "found" earlier only through a false stack divergence that
+#: corpus/exceptions/callback_stack_below_main.case now pins down.
+LIMITS = {"x86_64+shift32-by-0-elided": 1200, "x86_64+jmp32-jset-64bit": 1200}
 
 
 def _runner(spec: str) -> Runner:
@@ -24,7 +30,7 @@ def _runner(spec: str) -> Runner:
 
 
 def _hunt(runner: Runner, spec: str):
-    for i in range(LIMIT):
+    for i in range(LIMITS.get(spec, LIMIT)):
         case, choices = case_for(SEED, i, Config())
         res, _ = check_one(runner, case)
         if res.divergences:
@@ -35,7 +41,7 @@ def _hunt(runner: Runner, spec: str):
 @pytest.mark.parametrize("spec", MUTANTS)
 def test_mutant_is_found_from_scratch(spec: str):
     found = _hunt(_runner(spec), spec)
-    assert found is not None, f"{spec} not found in {LIMIT} systems"
+    assert found is not None, f"{spec} not found in {LIMITS.get(spec, LIMIT)} systems"
 
 
 def test_the_correct_model_is_not_a_mutant():
