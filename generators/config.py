@@ -70,6 +70,12 @@ class Config:
     #: fields"); off, each drawn one becomes its v1-v3 sibling (div/mod, mov,
     #: a plain load, le/be, goto) on the same draws.
     cpu_v4: bool = True
+    #: the verifier adds up a JITed call chain with each frame rounded to 16
+    #: bytes (round_up_stack_depth, 6.9). 6.1 counts every frame as at least
+    #: 32, rounded to 32 ("combined stack size of 2 calls is 544. Too large"
+    #: for a 0-byte main calling a 512-byte subprogram); off, the chain and
+    #: tail-call bounds are kept with that count.
+    stack_rounding_16: bool = True
 
     # ---- feature switches (all on: swarm testing picks a subset per system) --
     #: bpf-to-bpf calls (static subprograms).
@@ -134,6 +140,7 @@ CONSTRAINTS: tuple[str, ...] = (
     "jit_atomics",
     "jit_alu64_divmod",
     "cpu_v4",
+    "stack_rounding_16",
 )
 
 #: Every feature switch, in the order swarm testing draws them (simplest off).

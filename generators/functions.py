@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from generators import exceptions, helpers, insns, stack, tail_calls
 from generators.edges import edge_u64
+from generators.config import Config
 from generators.emit import R0, R1, R2, R6, R7, R8, R9, R10, Fn
-from generators.plan import FnPlan, FnState, SystemPlan, imm32, round16
+from generators.plan import FnPlan, FnState, SystemPlan, frame_size, imm32
 from generators.values import emit_condition
 from harness.formats import isa
 
@@ -103,7 +104,7 @@ def emit_count(st: FnState) -> None:
 
 def _callable(st: FnState, c: FnPlan) -> bool:
     cfg = st.sp.config
-    own = round16(st.plan.stack)
+    own = frame_size(st.plan.stack, cfg)
     if c.takes_ctx and not st.has_ctx:
         return False
     if c.height > cfg.max_call_depth - (1 if st.is_main else 2):
@@ -275,11 +276,12 @@ def build_function(
     _prologue(st)
     # the stack, bounded by what the callees this function must call allow
     limit = cfg.max_stack
+    unit = frame_size(1, cfg)
     for c in forced:
         limit = min(limit, cfg.max_stack - c.chain_stack)
         if c.tc_prefix >= 0:
-            limit = min(limit, cfg.tail_call_caller_stack - 16 - c.tc_prefix)
-    limit -= limit % 16
+            limit = min(limit, cfg.tail_call_caller_stack - unit - c.tc_prefix)
+    limit -= limit % unit
     want_buffer = sp.on("helpers") and sp.on("stack_buffers")
     if deep and not is_main:
         limit = min(limit, 64)  # eight frames must fit in 512 bytes together
@@ -318,7 +320,7 @@ def build_function(
     # what callers need to know
     by_name = {c.name: c for c in candidates}
     callees = [by_name[n] for n in dict.fromkeys(plan.callees)]
-    own = round16(plan.stack)
+    own = frame_size(plan.stack, cfg)
     plan.height = 1 + max((c.height for c in callees), default=0)
     plan.chain_stack = own + max((c.chain_stack for c in callees), default=0)
     prefixes = [own + c.tc_prefix for c in callees if c.tc_prefix >= 0]
@@ -342,6 +344,28 @@ class ProgramParts:
         if self.callback is not None:
             fns.append(self.callback)
         return fns + [s.fn for s in self.subs]
+
+
+def _fitting(subs: list[FnPlan], cfg: Config) -> list[FnPlan]:
+    """``subs`` without those main could not call under 6.1's count, where
+    main's frame is 32 bytes even when empty: a subprogram nobody else calls
+    whose chain (or tail-call prefix) leaves main no room goes, and so, in
+    turn, do callees only it called that leave no room either."""
+    unit = frame_size(0, cfg)
+    while True:
+        called = {n for s in subs for n in s.callees}
+        unfit = {
+            s.name
+            for s in subs
+            if s.name not in called
+            and (
+                s.chain_stack + unit > cfg.max_stack
+                or (s.tc_prefix >= 0 and cfg.tail_call_caller_stack - unit - s.tc_prefix < unit)
+            )
+        }
+        if not unfit:
+            return subs
+        subs = [s for s in subs if s.name not in unfit]
 
 
 def build_program(sp: SystemPlan, prog: int) -> ProgramParts:
@@ -368,6 +392,8 @@ def build_program(sp: SystemPlan, prog: int) -> ProgramParts:
                 sp, prog, plan, list(subs), is_main=False, count=draw.boolean(0.15), deep=deep
             )
             subs.append(plan)
+    if not cfg.stack_rounding_16:
+        subs = _fitting(subs, cfg)
     called = {n for s in subs for n in s.callees}
     forced = [s for s in subs if s.name not in called]
     main = FnPlan("main", True, 0)

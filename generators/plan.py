@@ -15,7 +15,7 @@ from generators.draw import Draw
 from generators.edges import edge_imm32
 from generators.emit import R6, R7, R8, R9, Fn
 
-__all__ = ["SystemPlan", "FnPlan", "FnState", "round16", "imm32"]
+__all__ = ["SystemPlan", "FnPlan", "FnState", "frame_size", "imm32"]
 
 
 def imm32(draw: Draw) -> int:
@@ -24,9 +24,12 @@ def imm32(draw: Draw) -> int:
     return edge_imm32(draw)
 
 
-def round16(n: int) -> int:
-    """A frame's stack as the verifier adds it up along a call chain (JIT on)."""
-    return (n + 15) & ~15
+def frame_size(n: int, config: Config) -> int:
+    """A frame's stack as the verifier adds it up along a call chain (JIT on;
+    ``Config.stack_rounding_16`` off: 6.1's interpreter granularity)."""
+    if config.stack_rounding_16:
+        return (n + 15) & ~15
+    return (max(n, 1) + 31) & ~31
 
 
 @dataclass
@@ -75,9 +78,9 @@ class FnPlan:
     has_tail_call: bool = False
     #: frames on the deepest call path starting here (a leaf is 1).
     height: int = 1
-    #: largest sum of round16(stack) along a call path starting here.
+    #: largest sum of frame_size(stack) along a call path starting here.
     chain_stack: int = 0
-    #: largest sum of round16(stack) of the frames above a tail-calling
+    #: largest sum of frame_size(stack) of the frames above a tail-calling
     #: subprogram, on a path starting here (-1: no tail call below).
     tc_prefix: int = -1
     #: instructions the verifier walks with every call inlined.

@@ -164,7 +164,7 @@ def cmd_run(args) -> int:
                         case,
                         name,
                         d,
-                        res.reference.runs,
+                        res.reference_for(name).runs,
                         cand_listing=eng.listing(case),
                         step=step,
                     )

@@ -92,6 +92,9 @@ class RunOutcome:
     #: the run consumed a value no engine can reproduce (a real clock, say);
     #: its comparison is poisoned rather than trusted.
     nondeterministic: bool = False
+    #: the reference only: what the run did that the profile leaves to the
+    #: JIT (implementation-defined), so there is no value to compare
+    undefined: str = ""
     #: what this engine cannot observe, so oracles compare without it:
     #: "events" (no trace), "retval_high32" (only a u32 comes back, as from
     #: BPF_PROG_TEST_RUN), "helper:<id>" (that helper leaves no event)

@@ -158,6 +158,8 @@ def verdict(ref: RunOutcome, cand: RunOutcome) -> tuple[Verdict, str]:
     """Three-way verdict before any value is compared."""
     if ref.nondeterministic or cand.nondeterministic:
         return Verdict.POISONED, "nondeterministic"
+    if ref.undefined:
+        return Verdict.POISONED, f"implementation-defined: {ref.undefined}"
     if cand.status is Status.UNSUPPORTED:
         return Verdict.POISONED, f"unsupported: {cand.detail}"
     if ref.status in (Status.INVALID, Status.BUDGET):

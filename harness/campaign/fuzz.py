@@ -164,7 +164,8 @@ def check_one(runner: Runner, case: Case):
     poisoned = []
     for name, (v, _, out) in res.candidates.items():
         if v is Verdict.POISONED:
-            reasons = {verdict(a, b)[1] for a, b in zip(res.reference.runs, out.runs)} - {""}
+            ref = res.reference_for(name).runs
+            reasons = {verdict(a, b)[1] for a, b in zip(ref, out.runs)} - {""}
             why = sorted(reasons)[0] if reasons else "poisoned"
             # group by kind: "unsupported: known kernel crash NAME", not its details
             poisoned.append(f"{name}: {': '.join(why.split(': ')[:2])}")
@@ -281,7 +282,7 @@ def walk(w: int, camp: Campaign, out, stop, alive: Callable[[], bool] = lambda: 
                 except Exception:  # lockstep is a courtesy too
                     step = None
                 text = report.render_divergence(
-                    small, engine, dd, sres.reference.runs, cand_listing=listing, step=step
+                    small, engine, dd, sres.reference_for(engine).runs, cand_listing=listing, step=step
                 )
                 insns, progs = _size(small)
                 out.put(

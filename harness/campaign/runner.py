@@ -42,6 +42,12 @@ class Result:
     candidates: dict[str, tuple[Verdict, Divergence | None, CaseOutcome]] = field(
         default_factory=dict
     )
+    #: engine name -> the reference it was judged by, where its profile
+    #: differs from the runner's (a guest's probed semantics)
+    own: dict[str, CaseOutcome] = field(default_factory=dict)
+
+    def reference_for(self, engine: str) -> CaseOutcome:
+        return self.own.get(engine, self.reference)
 
     @property
     def divergences(self) -> list[tuple[str, Divergence]]:
@@ -72,6 +78,8 @@ class Runner:
         result = Result(ref)
         for eng in self.engines:
             own = self._reference_for(eng, case, ref, lockstep)
+            if own is not ref:
+                result.own[eng.name] = own
             steps = max((r.steps for r in own.runs), default=0)
             out = eng.run(case, budget=native_budget(steps), lockstep=lockstep)
             v, d = compare_case(own.runs, out.runs)

@@ -34,9 +34,10 @@ from harness.guest.probes import PROBES, case_needs, narrow_switches, probe_case
 from harness.guest.setup import Guest, agent_hash, host_missing, installed
 from harness.guest.vm import GuestDown, Vm, excerpt
 from harness.kernel.btf import Btf, BtfError
-from harness.kernel.crashes import kernel_report, signature
+from harness.kernel.crashes import STACK_OVERFLOW, kernel_report, signature
 from harness.kernel.worker import DEFAULT_CRASH_DIR, Answer, Crash, KernelCrash, save_reproducer
 from harness.outcome import CaseOutcome
+from harness.reference.helpers import HELPER_IDS
 from harness.reference.profile import LINUX, Profile
 from harness.system import Case
 
@@ -185,9 +186,12 @@ class GuestEngine(Engine):
         self.crashes.append(crash)
         if self.options.get("stop_on_crash"):
             raise KernelCrash(crash)
+        # the kind first: it is the divergence's signature, and a stack
+        # overrun is the known finding whatever the system (kernel-findings §0)
+        kind = "kernel stack overflow: " if STACK_OVERFLOW.search(console) else ""
         return Answer(
             "crashed",
-            f"guest kernel crash {sig} ({self.name}, {self.release}): {how}; reproducer {rep}",
+            f"{kind}guest kernel crash {sig}: {self.name} {self.release}, {how}; reproducer {rep}",
             console,
             crash=crash,
         )
@@ -251,9 +255,36 @@ class GuestEngine(Engine):
         return config.but(**narrow_switches(found))
 
     def reference_profile(self, profile: Profile) -> Profile:
-        if self.capabilities().get("empty_slot_keeps_budget", ""):
-            return profile.but(
-                name=f"{profile.name}+empty-slot-counts", empty_slot_consumes_budget=True
+        """``profile`` with the semantics the probes found in this JIT."""
+        caps = self.capabilities()
+        if caps.get("empty_slot_keeps_budget", ""):
+            if caps.get("empty_slot_keeps_budget_after_call", "x"):
+                profile = profile.but(
+                    name=f"{profile.name}+empty-slot-counts", empty_slot_consumes_budget=True
+                )
+            else:  # riscv64: only in a function without calls
+                inlined = {
+                    HELPER_IDS[helper]
+                    for probe, helper in (
+                        ("_after_smp_id", "bpf_get_smp_processor_id"),
+                        ("_after_lookup", "bpf_map_lookup_elem"),
+                    )
+                    if caps.get("empty_slot_keeps_budget" + probe, "")
+                }
+                profile = profile.but(
+                    name=f"{profile.name}+empty-slot-counts-without-calls",
+                    empty_slot_consumes_budget=True,
+                    empty_slot_free_in_calling_functions=True,
+                    inlined_helpers=frozenset(inlined),
+                )
+        if caps.get("tail_call_counter_shared", "").startswith("run "):
+            # it loaded and counted otherwise (a refusal says nothing)
+            profile = profile.but(
+                name=f"{profile.name}+counter-per-frame", tail_call_counter_per_frame=True
+            )
+        if caps.get("register_shifts_masked", ""):
+            profile = profile.but(
+                name=f"{profile.name}+unmasked-shifts", shift_amount_masked=False
             )
         return profile
 

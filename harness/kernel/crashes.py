@@ -27,6 +27,7 @@ __all__ = [
     "KNOWN_CRASHES",
     "known_crash",
     "CRASH_LINE",
+    "STACK_OVERFLOW",
     "kernel_report",
     "signature",
 ]
@@ -188,6 +189,13 @@ def kernel_report(lines: list[str], pids: Collection[int] | None = None) -> str 
 
 # where the oops happened: x86 "RIP: 0010:f+0x..", arm64 "pc : f+0x..", powerpc
 # "NIP [..] f+0x..", riscv "epc : f+0x.." (the last three from qemu guests)
+#: console lines of a task stack overrun: the guard page below a vmapped
+#: stack (x86-64), arm64's overflow stack, or the end marker found overwritten
+STACK_OVERFLOW = re.compile(
+    r"stack guard page was hit|Insufficient stack space|kernel stack overflow"
+    r"|corrupted stack end detected"
+)
+
 _RIP = re.compile(r"(?:RIP: [0-9a-f]{4}:|\bpc : |NIP +\[[0-9a-f]+\] |epc : )([A-Za-z_.$][\w.$]*)")
 
 
@@ -214,4 +222,6 @@ def signature(log: str, fallback: str = "worker-died") -> str:
     text = re.sub(r"\b(CPU|UID|PID): \d+|:\d+\b|\b\d\w*", "", text)
     rip = _RIP.search(log)
     where = rip.group(1).split("+")[0] if rip else "unknown"
+    # a BPF program's symbol names its tag and function: one per system
+    where = re.sub(r"^bpf_prog_[0-9a-f]+_.*", "bpf_prog", where)
     return f"{_slug(where, 32)}-{_slug(text)}"

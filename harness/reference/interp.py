@@ -13,7 +13,8 @@ production); where the two differ the choice is a ``Profile`` knob:
   after any call (the verifier's rule), so a program cannot observe them.
 * tail calls: u32 index; ``index >= max_entries`` falls through; at most
   ``profile.max_tail_calls`` taken per run, on ONE counter shared by the whole
-  call hierarchy; an empty slot falls through without consuming budget unless
+  call hierarchy (a copy per frame with ``profile.tail_call_counter_per_frame``,
+  as 6.1's JITs did); an empty slot falls through without consuming budget unless
   ``profile.empty_slot_consumes_budget``; a taken tail call replaces the
   current frame (a subprogram's too: the target's exit returns to the
   subprogram's caller); the target starts with only r1 (and r10) set.
@@ -139,6 +140,9 @@ class Frame:
     depth: int
     #: pc of the pseudo call in the caller that created this frame
     call_pc: int | None = None
+    #: this frame's copy of the tail-call counter
+    #: (``profile.tail_call_counter_per_frame``; else ``_Run.counter``)
+    counter: int = 0
 
     @property
     def fp(self) -> int:
@@ -162,6 +166,8 @@ class _Run:
     #: consumes budget, ``profile.empty_slot_consumes_budget``)
     counter: int = 0
     steps: int = 0
+    #: what the run did that the profile leaves to the JIT (RunOutcome.undefined)
+    undefined: str = ""
     ticks: int = 0
 
 
@@ -189,6 +195,8 @@ class Interpreter:
         self._run: _Run | None = None
         #: check_structure's verdict on the case's programs: None until run
         self._structure: tuple[Where, str] | bool | None = None
+        #: (program, function start) -> whether it is compiled with a call
+        self._calls: dict[tuple[str, int], bool] = {}
 
     # ---- the script ------------------------------------------------------
 
@@ -260,6 +268,7 @@ class Interpreter:
             maps=self.map_contents(),
             events=run.events,
             steps=run.steps,
+            undefined=run.undefined,
             **kw,
         )
 
@@ -510,6 +519,8 @@ class Interpreter:
         src &= mask
         signed = insn.off == 1
         sx = s64 if is64 else s32
+        if use_x and op in _SHIFTS and src >= bits and not self.profile.shift_amount_masked:
+            self._run.undefined = "register shift amount past the width"
         if op == isa.ADD:
             v = dst + src
         elif op == isa.SUB:
@@ -681,6 +692,7 @@ class Interpreter:
                 Event("call", f.where(), (f.prog.function_name(target), self._args(f)))
             )
             callee = self._new_frame(f.prog, target, depth=len(run.frames), call_pc=f.pc)
+            callee.counter = f.counter
             callee.regs[1:6] = f.regs[1:6]
             run.frames.append(callee)
             return None
@@ -719,12 +731,14 @@ class Interpreter:
         if m is None or m.kind != "prog_array":
             raise Invalid("bpf_tail_call on something that is not a prog array")
         index = self._reg(f, 3) & U32
-        counter = run.counter
+        per_frame = self.profile.tail_call_counter_per_frame
+        counter = f.counter if per_frame else run.counter
         target = None
         if index < m.max_entries and counter < self.profile.max_tail_calls:
             target = m.slots.get(index)
-            if target is not None or self.profile.empty_slot_consumes_budget:
+            if target is not None or self._empty_slot_costs(f):
                 run.counter += 1
+                f.counter = counter + 1
         run.events.append(Event("tail_call", f.where(), (index, counter, target)))
         if target is None:
             self._clobber_args(f)
@@ -734,9 +748,32 @@ class Interpreter:
         run.tail_calls += 1
         ctx = f.regs[1]
         new = self._new_frame(self.case.programs[target], 0, depth=f.depth, call_pc=f.call_pc)
+        new.counter = f.counter
         new.regs[1] = ctx
         run.frames[-1] = new
         return None
+
+    def _empty_slot_costs(self, f: Frame) -> bool:
+        p = self.profile
+        if not p.empty_slot_consumes_budget:
+            return False
+        return not (p.empty_slot_free_in_calling_functions and self._makes_calls(f))
+
+    def _makes_calls(self, f: Frame) -> bool:
+        """Whether the JIT compiles ``f``'s function with a call instruction:
+        a bpf-to-bpf or kfunc call, or a helper call it does not inline."""
+        key = (f.prog.name, f.func_start)
+        made = self._calls.get(key)
+        if made is None:
+            starts = f.prog.function_starts()
+            end = next((s for s in starts if s > f.func_start), len(f.prog.insns))
+            inlined = self.profile.inlined_helpers | {TAIL_CALL}
+            made = any(
+                i.opcode == isa.JMP | isa.CALL and (i.src != 0 or i.imm not in inlined)
+                for i in f.prog.insns[f.func_start : end]
+            )
+            self._calls[key] = made
+        return made
 
     def _return(self, run: _Run, r0: int) -> int | None:
         run.frames.pop()
@@ -785,6 +822,7 @@ _JUMP_TESTS = {
     isa.JSLT: operator.lt,
     isa.JSLE: operator.le,
 }
+_SHIFTS = frozenset((isa.LSH, isa.RSH, isa.ARSH))
 _SIGNED_JUMPS = frozenset((isa.JSGT, isa.JSGE, isa.JSLT, isa.JSLE))
 
 

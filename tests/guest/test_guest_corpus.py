@@ -10,6 +10,7 @@ import pytest
 from harness import engines
 from harness.campaign.runner import Runner, expectation_failures
 from harness.formats import casefile
+from harness.reference.interp import run_case
 from harness.reference.profile import LINUX
 from tests.guest.conftest import guest_specs
 
@@ -38,6 +39,11 @@ def _usable(spec: str) -> None:
 KERNEL_BEHAVIOUR = {
     # the "tailcall hierarchy" bug, fixed upstream in 6.10, still in Debian's 6.1
     ("subprogs/hierarchy_two_calls.case", "6.1.", ("amd64", "arm64")): ("crashed", "soft lockup"),
+    # 6.1 rounds frames to 32: 256 + 3 x 32 below the tail call (6.12: 240 + 0)
+    ("kernel-findings/stack_overflow_tail_call_chain.case", "6.1.", ("amd64", "arm64")): (
+        "rejected",
+        "call stack of previous frames is 352 bytes",
+    ),
     # 6.1's verifier counts the 240-byte frame as 256 below a subprogram tail call
     ("subprogs/stack_240_tail_call_in_subprog.case", "6.1.", ("amd64", "arm64")): (
         "rejected",
@@ -76,6 +82,12 @@ def test_corpus_case_on_guest(path: Path, spec: str, tmp_path: Path):
     if refused:
         pytest.skip(f"engine {spec}: {refused[0].splitlines()[0]}")
     assert divergence is None, str(divergence)
+    # what the guest's JIT does differently by design, found by its probes
+    # (powerpc's shifts past the width): the reference has no value to compare
+    undefined = [r.undefined for r in run_case(case, eng.reference_profile(LINUX)) if r.undefined]
+    if undefined:
+        assert verdict.value == "poisoned"
+        pytest.skip(f"engine {spec}: implementation-defined: {undefined[0]}")
     assert verdict.value == "agree", [r.detail for r in out.runs]
     # retval (low 32 bits) and maps are what a test run shows: the case's
     # own expectations hold on them too, unless the guest's JIT was found to
@@ -104,3 +116,67 @@ def test_the_guest_runs_jited_code(spec: str):
     assert "(bad)" not in text and all(f"== {name} (" in text for name in infos)
     if all(info.jited_line_info for info in infos.values()):
         assert "bpf_tail_call" in text
+
+
+#: what each JIT does where the kernel leaves the semantics to it, read from
+#: its source (docs/kernel-findings.md section 6); the probes must find the
+#: same on every guest set up: (arch, release prefix) -> capability -> present
+SEMANTICS = {
+    ("amd64", "6.12."): {
+        "empty_slot_keeps_budget": True,
+        "tail_call_counter_shared": True,
+        "stack_rounding_16": True,
+        "register_shifts_masked": True,
+    },
+    ("arm64", "6.12."): {
+        "empty_slot_keeps_budget": True,
+        "tail_call_counter_shared": True,
+        "stack_rounding_16": True,
+        "register_shifts_masked": True,
+    },
+    # the counter is decremented before the slot is loaded; in a function with
+    # calls the decrement lands in a6 and s6 is read again (lost)
+    ("riscv64", "6.12."): {
+        "empty_slot_keeps_budget": False,
+        "empty_slot_keeps_budget_after_call": True,
+        "empty_slot_keeps_budget_after_smp_id": False,  # inlined: no call
+        "register_shifts_masked": True,
+    },
+    # slw/sld take 6/7 bits of the amount
+    ("ppc64el", "6.12."): {"empty_slot_keeps_budget": True, "register_shifts_masked": False},
+    ("ppc64el", "6.1."): {
+        "empty_slot_keeps_budget": True,
+        "register_shifts_masked": False,
+        "stack_rounding_16": False,
+    },
+    # before the tailcall hierarchy rework (6.10) both JITs counted before the
+    # slot load and passed the counter to subprograms by value; before 6.9 the
+    # verifier counted every frame as at least 32 bytes
+    ("amd64", "6.1."): {
+        "empty_slot_keeps_budget": False,
+        "empty_slot_keeps_budget_after_call": False,
+        "tail_call_counter_shared": False,
+        "stack_rounding_16": False,
+    },
+    ("arm64", "6.1."): {
+        "empty_slot_keeps_budget": False,
+        "empty_slot_keeps_budget_after_call": False,
+        "tail_call_counter_shared": False,
+        "stack_rounding_16": False,
+    },
+}
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_the_probes_find_each_jits_documented_semantics(spec: str):
+    _usable(spec)
+    eng = _runner(spec).engines[0]
+    eng._ensure()
+    expected = next(
+        (v for (arch, prefix), v in SEMANTICS.items() if eng.arch == arch and eng.release.startswith(prefix)),
+        None,
+    )
+    if expected is None:
+        pytest.skip(f"engine {spec}: no documented semantics for {eng.arch} {eng.release}")
+    caps = eng.capabilities()
+    assert {name: not caps[name] for name in expected} == expected

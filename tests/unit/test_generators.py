@@ -53,7 +53,12 @@ def _round16(n: int) -> int:
     return (n + 15) & ~15
 
 
-def check_case(case: Case) -> list:
+def _round32(n: int) -> int:
+    # 6.1's check_max_stack_depth: round_up(max_t(u32, stack_depth, 1), 32)
+    return (max(n, 1) + 31) & ~31
+
+
+def check_case(case: Case, frame=_round16) -> list:
     """Encoding, static limits and a clean reference run; returns the outcomes."""
     for prog in case.programs.values():
         isa.validate(prog.insns)
@@ -86,7 +91,7 @@ def check_case(case: Case) -> list:
             assert frames <= 8, "call chain deeper than 8 frames"
             if name != "main" and f.tail_calls:
                 assert above < 256, f"{above} bytes of caller stack above a tail call"
-            total = above + _round16(f.stack)
+            total = above + frame(f.stack)
             assert total <= 512, f"combined stack {total}"
             for c in set(f.calls):
                 walk(c, frames + 1, total)
@@ -240,3 +245,22 @@ def test_coverage_reaches_every_shape():
         counts.update(coverage(case, run_case(case)))
     missing = [s for s in SHAPES if not counts[s]]
     assert not missing, f"never reached: {missing}\n{summary(counts, len(COVERAGE_SEEDS))}"
+
+
+def test_6_1_stack_rounding_is_kept_when_the_probe_fails():
+    """6.1 counts a frame as round_up(max(depth, 1), 32) along a call chain
+    (the 6.9 verifier rounds JITed frames to 16): with the constraint off,
+    every chain fits 512 bytes and every tail call's callers stay under 256
+    by that count, and big frames and tail calls from subprograms remain."""
+    from harness.guest.probes import narrow_switches
+
+    off = narrow_switches({"stack_rounding_16": "prog entry rejected (EACCES)"})
+    assert off == {"stack_rounding_16": False}
+    big = deep = 0
+    for seed in FAST_SEEDS:
+        case = generate(seed, Config(**off))
+        check_case(case, frame=_round32)
+        facts = [f for p in case.programs.values() for f in program_facts(p).values()]
+        big += any(f.stack >= 256 for f in facts)
+        deep += any(f.tail_calls for p in case.programs.values() for n, f in program_facts(p).items() if n != "main")
+    assert big > 20 and deep > 10

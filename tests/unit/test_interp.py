@@ -413,3 +413,90 @@ def test_throw_with_callback_returns_callbacks_value():
     prog[0] = call(5)
     out = ret_of(prog, labels={0: "main", 3: "cb", 6: "f"}, exception_callback="cb")
     assert out.retval == 42
+
+
+_EMPTY_THEN_LOOP = """
+map progs prog_array max_entries=2
+    0 = entry
+map runs array max_entries=1 value_size=8
+map bufs array max_entries=1 value_size=4
+
+program entry sched_cls
+main:
+    r6 = r1
+    *(u32 *)(r10 - 4) = 0
+    r1 = map_value[runs] ll
+    r2 = 1
+    lock *(u64 *)(r1 + 0) += r2
+CALL
+    r1 = r6
+    r2 = map[progs] ll
+    r3 = 1
+    call bpf_tail_call
+    r1 = r6
+    r2 = map[progs] ll
+    r3 = 0
+    call bpf_tail_call
+    r0 = 0
+    exit
+
+run entry
+"""
+
+
+@pytest.mark.parametrize(
+    "call, inlined, runs",
+    [
+        ("", (), 17),  # no call: the failed one costs, 16 + 1 runs
+        ("    r1 = map[bufs] ll\n    r2 = r10\n    r2 += -4\n    call bpf_map_delete_elem\n", (), 34),
+        ("    call bpf_get_smp_processor_id\n", (), 34),
+        ("    call bpf_get_smp_processor_id\n", ("bpf_get_smp_processor_id",), 17),
+    ],
+)
+def test_empty_slot_free_in_calling_functions(call, inlined, runs):
+    """The riscv64 JIT's counter (docs/kernel-findings.md section 6): in a
+    function compiled with a call, a failed tail call's decrement is lost, so
+    all 33 are taken (34 runs); without one it costs, as in the interpreter."""
+    from harness.formats import casefile
+    from harness.reference.helpers import HELPER_IDS
+
+    case = casefile.parse(_EMPTY_THEN_LOOP.replace("CALL\n", call))
+    knob = LINUX.but(
+        empty_slot_consumes_budget=True,
+        empty_slot_free_in_calling_functions=True,
+        inlined_helpers=frozenset(HELPER_IDS[h] for h in inlined),
+    )
+    out = run_case(case, profile=knob)[0]
+    assert int.from_bytes(out.maps["runs"], "little") == runs
+
+
+def test_unmasked_shift_profile_leaves_the_value_undefined():
+    """RFC 9669 masks a register shift amount (1 << (33 & 31) = 2); kernel/bpf/core.c
+    leaves a JIT's result to the JIT (powerpc's slw gives 0), so that profile
+    has no value to compare: the run is poisoned, not judged."""
+    from harness.formats import casefile
+    from oracles.base import Verdict, verdict
+
+    text = "program entry sched_cls\nmain:\n    w0 = 1\n    w1 = SHIFT\n    w0 <<= w1\n    exit\n\nrun entry\n"
+    far = casefile.parse(text.replace("SHIFT", "33"))
+    assert run_case(far)[0].retval == 2 and not run_case(far)[0].undefined
+    ref = run_case(far, profile=LINUX.but(shift_amount_masked=False))[0]
+    assert ref.undefined == "register shift amount past the width"
+    assert verdict(ref, run_case(far)[0])[0] is Verdict.POISONED
+    near = casefile.parse(text.replace("SHIFT", "31"))
+    assert not run_case(near, profile=LINUX.but(shift_amount_masked=False))[0].undefined
+
+
+def test_tail_call_counter_per_frame_knob():
+    """6.1's x86-64 and arm64 JITs pass the counter to a subprogram by value
+    (the tailcall hierarchy bug): main calls sub, whose tail call into `loop`
+    spends all 33; back in main, its own copy is still 0, so its tail call
+    loops 33 times more. Shared counter: 33 runs of loop and retval 1 (main's
+    tail call fails); per frame: 66 runs and loop's retval 0."""
+    from harness.guest.probes import probe_cases
+
+    case = probe_cases()["tail_call_counter_shared"]
+    shared = run_case(case)[0]
+    assert (shared.retval, shared.tail_calls, shared.maps["counts"][0]) == (1, 33, 33)
+    per_frame = run_case(case, profile=LINUX.but(tail_call_counter_per_frame=True))[0]
+    assert (per_frame.retval, per_frame.tail_calls, per_frame.maps["counts"][0]) == (0, 66, 66)

@@ -3,7 +3,7 @@ synthetic lines shaped like this kernel's reports, never a real crash."""
 
 from __future__ import annotations
 
-from harness.kernel.crashes import kernel_report, signature
+from harness.kernel.crashes import STACK_OVERFLOW, kernel_report, signature
 from harness.kernel.worker import log_tail, save_log
 
 NOISE = ["eth0: link up", "audit: type=1400 apparmor=ALLOWED", "bpf: JIT enabled"]
@@ -121,3 +121,24 @@ def test_repeated_soft_lockups_are_one_signature():
 
     a, b = signature(lockup(0, 22, 93)), signature(lockup(1, 48, 117))
     assert a == b == "bpf-prog-run-bug-soft-lockup-cpu-stuck-for"
+
+
+def test_stack_overruns_in_any_bpf_program_are_one_signature():
+    """Each system's programs have their own tags and names; the bug is the
+    same (docs/kernel-findings.md section 0): consoles of two campaign
+    systems in a 6.12 x86-64 guest."""
+
+    def overrun(prog: str) -> str:
+        return "\n".join(
+            [
+                "[    4.730310] BUG: TASK stack guard page was hit at 00000000d6b5307a "
+                "(stack is 000000003f9e7d1f..000000000efc8cbe)",
+                "[    4.733924] Oops: stack guard page: 0000 [#1] PREEMPT SMP NOPTI",
+                f"[    4.734537] RIP: 0010:{prog}+0x1b/0x122",
+            ]
+        )
+
+    a = signature(overrun("bpf_prog_14f27b6d17f71891_f0"))
+    b = signature(overrun("bpf_prog_5147e7832c369db1_main"))
+    assert a == b == "bpf-prog-bug-task-stack-guard-page-was-hit"
+    assert STACK_OVERFLOW.search(overrun("bpf_prog_14f27b6d17f71891_f0"))
