@@ -106,6 +106,9 @@ class Finding:
     unsaved: str = ""
     #: shrinking was cut short by the campaign's time limit
     cut_short: bool = False
+    #: how long shrinking took (every attempt runs on the engine: a guest's
+    #: attempts cost a request each, a crashing one a reboot)
+    shrink_seconds: float = 0.0
 
 
 @dataclass
@@ -146,7 +149,7 @@ class Summary:
                 where = f" (not saved: {f.unsaved})"
             lines.append(
                 f"DIVERGENCE {f.engine} [{f.oracle}] case #{f.index} after "
-                f"{f.seconds:.1f}s, shrunk to {f.programs} programs / {f.insns} "
+                f"{f.seconds:.1f}s, shrunk in {f.shrink_seconds:.1f}s to {f.programs} programs / {f.insns} "
                 f"insns{' (shrinking cut short by --time)' if f.cut_short else ''}{where}"
             )
         return "\n".join(lines)
@@ -260,6 +263,7 @@ def walk(w: int, camp: Campaign, out, stop, alive: Callable[[], bool] = lambda: 
                     continue
                 seen.add(sig)
                 found_at = time.monotonic() - start
+                shrink_start = time.monotonic()
                 cut = _Deadline(deadline)
                 small = (
                     shrink(
@@ -268,6 +272,7 @@ def walk(w: int, camp: Campaign, out, stop, alive: Callable[[], bool] = lambda: 
                     if camp.shrink
                     else case
                 )
+                shrink_seconds = time.monotonic() - shrink_start
                 sres, _ = check_one(runner, small)
                 # shrinking kept the signature (``sig``), so this is the same
                 # divergence; the report's text comes from it
@@ -298,6 +303,7 @@ def walk(w: int, camp: Campaign, out, stop, alive: Callable[[], bool] = lambda: 
                             insns,
                             progs,
                             cut_short=cut.hit,
+                            shrink_seconds=shrink_seconds,
                         ),
                     )
                 )

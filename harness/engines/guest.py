@@ -32,7 +32,7 @@ from harness.guest import protocol
 from harness.guest.arches import ARCHES, DEFAULT_SUITE, SUITES
 from harness.guest.probes import PROBES, case_needs, narrow_switches, probe_cases
 from harness.guest.setup import Guest, agent_hash, host_missing, installed
-from harness.guest.vm import GuestDown, Vm, excerpt
+from harness.guest.vm import GuestDown, Vm, excerpt, kvm_problem
 from harness.kernel.btf import Btf, BtfError
 from harness.kernel.crashes import STACK_OVERFLOW, kernel_report, signature
 from harness.kernel.worker import DEFAULT_CRASH_DIR, Answer, Crash, KernelCrash, save_reproducer
@@ -81,6 +81,8 @@ class GuestEngine(Engine):
         self.crashes: list[Crash] = []
         self._btf: Btf | None = None
         self._console_seen = 0
+        #: why this guest runs under TCG ("" under KVM), probed at first boot
+        self.kvm_problem = ""
 
     @classmethod
     def unavailable(cls) -> str | None:
@@ -114,6 +116,9 @@ class GuestEngine(Engine):
     def _ensure(self) -> protocol.Hello:
         if self.vm.hello is not None:
             return self.vm.hello
+        if self.vm.boots == 0:
+            self.kvm_problem = kvm_problem(self.guest)
+            self.vm.accel = "tcg" if self.kvm_problem else "kvm"
         try:
             hello = self.vm.boot()
         except GuestDown as e:
@@ -334,7 +339,8 @@ def verify(spec: str) -> str:
     has = [c for c, why in caps.items() if not why]
     lacks = [f"{c} ({why})" for c, why in caps.items() if why]
     line = (
-        f"{spec}: booted in {eng.vm.boot_seconds:.1f} s, Linux {hello.release} "
+        f"{spec}: booted in {eng.vm.boot_seconds:.1f} s ({eng.vm.accel.upper()}"
+        f"{'' if eng.vm.accel == 'kvm' else ': ' + eng.kvm_problem}), Linux {hello.release} "
         f"{hello.machine}, bpf_jit_enable={hello.jit_enable}, "
         f"BTF {'yes' if hello.btf else 'none'}; loads: {', '.join(has) or 'none of the probes'}"
     )

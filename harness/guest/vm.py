@@ -11,6 +11,7 @@ and the console excerpt) when qemu exits or the agent does not answer within
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -23,10 +24,10 @@ from pathlib import Path
 from harness.errors import JitdiffError
 from harness.guest import protocol
 from harness.guest.arches import Arch, arch
-from harness.guest.setup import Guest
+from harness.guest.setup import Guest, host_arch
 from harness.kernel.crashes import CRASH_LINE
 
-__all__ = ["Vm", "GuestDown", "BOOT_TIMEOUT", "excerpt"]
+__all__ = ["Vm", "GuestDown", "BOOT_TIMEOUT", "excerpt", "kvm_problem"]
 
 #: seconds from qemu's start to the agent's hello (TCG on a loaded machine)
 BOOT_TIMEOUT = 240.0
@@ -44,11 +45,50 @@ class GuestDown(JitdiffError):
         self.how, self.console = how, console
 
 
+#: seconds a KVM boot may take before the probe calls it hung (TCG boots of
+#: the same guest take 4-20 s here)
+KVM_PROBE_TIMEOUT = 60.0
+
+
+def kvm_problem(guest: Guest) -> str:
+    """"" when ``guest`` boots under KVM on this machine, else why not.
+
+    Probed once per guest (one boot, cached beside its initramfs): a
+    ``/dev/kvm`` is no promise. The one of the project machines is a nested
+    shim on which a stock kernel aborts on an MSR or hangs after SeaBIOS."""
+    if guest.arch != "amd64" or host_arch() != "amd64":
+        return "KVM runs the host's own architecture only"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "no usable /dev/kvm"
+    cache = Path(guest.initrd).parent / "kvm.json"
+    try:
+        return json.loads(cache.read_text())["problem"]
+    except (OSError, ValueError, KeyError):
+        pass
+    vm = Vm(guest, accel="kvm")
+    try:
+        vm.boot(timeout=KVM_PROBE_TIMEOUT)
+        problem = ""
+    except GuestDown as e:
+        err = vm.qemu_error or e.how
+        problem = f"a KVM boot failed: {err.splitlines()[0] if err else e.how}"
+    finally:
+        vm.close()
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"problem": problem}))
+    os.replace(tmp, cache)
+    return problem
+
+
 class Vm:
-    def __init__(self, guest: Guest, *, memory: str = MEMORY):
+    def __init__(self, guest: Guest, *, memory: str = MEMORY, accel: str = "tcg"):
         self.guest = guest
         self.arch: Arch = arch(guest.arch)
         self.memory = memory
+        #: "tcg", or "kvm" where kvm_problem found none
+        self.accel = accel
+        #: qemu's own stderr when a boot failed (a KVM error says why)
+        self.qemu_error = ""
         self.hello: protocol.Hello | None = None
         self.boot_seconds = 0.0
         self.boots = 0
@@ -69,8 +109,11 @@ class Vm:
             f"console={a.console} loglevel=5 panic=1 oops=panic panic_on_warn=1 "
             "softlockup_panic=1 watchdog_thresh=5 rdinit=/init nokaslr"
         )
+        machine = a.machine
+        if self.accel == "kvm":
+            machine = _with_kvm(machine)
         return [
-            a.qemu, *a.machine, "-m", self.memory, "-smp", "1",
+            a.qemu, *machine, "-m", self.memory, "-smp", "1",
             "-display", "none", "-monitor", "none", "-nic", "none", "-no-reboot",
             "-serial", f"file:{self.console_path}",
             "-kernel", g.vmlinuz, "-initrd", g.initrd, "-append", append,
@@ -79,7 +122,7 @@ class Vm:
             "-device", "virtserialport,chardev=jd,name=jitdiff",
         ]  # fmt: skip
 
-    def boot(self) -> protocol.Hello:
+    def boot(self, *, timeout: float = BOOT_TIMEOUT) -> protocol.Hello:
         self.close()
         self._dir = tempfile.mkdtemp(prefix=f"jitdiff-{self.guest.arch}-")
         sock = os.path.join(self._dir, "port")
@@ -91,7 +134,7 @@ class Vm:
             stderr=open(os.path.join(self._dir, "qemu.err"), "wb"),  # noqa: SIM115
         )
         self.boots += 1
-        deadline = t0 + BOOT_TIMEOUT
+        deadline = t0 + timeout
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         while True:
             try:
@@ -164,6 +207,10 @@ class Vm:
             if proc.returncode is not None and "exited" not in how:
                 how += f" (qemu exited {proc.returncode})"
         text = self.console()
+        try:
+            self.qemu_error = (Path(self._dir) / "qemu.err").read_text(errors="replace").strip()
+        except (OSError, TypeError):
+            self.qemu_error = ""
         self.close()
         return GuestDown(how, excerpt(text))
 
@@ -188,6 +235,17 @@ class Vm:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
+
+
+def _with_kvm(machine: tuple[str, ...]) -> tuple[str, ...]:
+    """The arch's qemu machine arguments with KVM and the host's CPU."""
+    out = list(machine)
+    for flag, value in (("-accel", "kvm"), ("-cpu", "host")):
+        if flag in out:
+            out[out.index(flag) + 1] = value
+        else:
+            out += [flag, value]
+    return tuple(out)
 
 
 def excerpt(console: str) -> str:

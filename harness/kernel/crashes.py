@@ -196,6 +196,9 @@ STACK_OVERFLOW = re.compile(
     r"|corrupted stack end detected"
 )
 
+_STUCK = re.compile(r"soft lockup|detected stalls? on")
+_BPF_FRAME = re.compile(r"\bbpf_prog_[0-9a-f]{16}_")
+
 _RIP = re.compile(r"(?:RIP: [0-9a-f]{4}:|\bpc : |NIP +\[[0-9a-f]+\] |epc : )([A-Za-z_.$][\w.$]*)")
 
 
@@ -224,4 +227,8 @@ def signature(log: str, fallback: str = "worker-died") -> str:
     where = rip.group(1).split("+")[0] if rip else "unknown"
     # a BPF program's symbol names its tag and function: one per system
     where = re.sub(r"^bpf_prog_[0-9a-f]+_.*", "bpf_prog", where)
+    if _STUCK.search(text) and _BPF_FRAME.search(log):
+        # a CPU stuck in BPF programs was caught wherever it happened to be
+        # (the program, a helper it called): the place is not the bug
+        where = "bpf_prog"
     return f"{_slug(where, 32)}-{_slug(text)}"

@@ -47,3 +47,14 @@ def test_the_console_excerpt_starts_at_the_kernel_bug():
     )
     text = excerpt(console)
     assert text.splitlines()[2].endswith("Insufficient stack space to handle exception!")
+
+
+def test_kvm_is_probed_for_the_hosts_own_architecture_only():
+    from harness.guest.setup import Guest
+    from harness.guest.vm import _with_kvm, kvm_problem
+
+    arm = Guest("arm64", "trixie", "6.12", "p", "v", "/k", "/c", "/nonexistent/initrd.gz", "h", "")
+    assert kvm_problem(arm) == "KVM runs the host's own architecture only"
+    # the amd64 machine arguments, TCG max, become KVM with the host's CPU
+    amd = ARCHES["amd64"].machine
+    assert _with_kvm(amd) == ("-machine", "q35", "-accel", "kvm", "-cpu", "host", "-vga", "none")

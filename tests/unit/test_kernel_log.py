@@ -142,3 +142,17 @@ def test_stack_overruns_in_any_bpf_program_are_one_signature():
     b = signature(overrun("bpf_prog_5147e7832c369db1_main"))
     assert a == b == "bpf-prog-bug-task-stack-guard-page-was-hit"
     assert STACK_OVERFLOW.search(overrun("bpf_prog_14f27b6d17f71891_f0"))
+
+
+def test_a_cpu_stuck_in_bpf_programs_is_one_signature_wherever_it_was_caught():
+    """Two soft lockups of the 6.1 arm64 guest (the tailcall hierarchy bug):
+    the watchdog caught one in a program, the other in a helper it called."""
+    head = "[   31.2] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [agent:1]"
+    in_prog = [head, "[   31.2] pc : bpf_prog_97571f3f5de50ef7_main+0x60/0xb0"]
+    in_helper = [
+        head,
+        "[   31.2] pc : ktime_get_mono_fast_ns+0x4c/0xd0",
+        "[   31.2]  bpf_prog_5147e7832c369db1_f1+0x34/0x60",
+    ]
+    a, b = signature("\n".join(in_prog)), signature("\n".join(in_helper))
+    assert a == b == "bpf-prog-bug-soft-lockup-cpu-stuck-for"

@@ -156,8 +156,8 @@ def test_a_reproducer_cut_short_by_the_time_limit_says_so():
 
     sig = "x86_64|retval:return value"
     whole = Finding("x86_64", sig, "retval", 3, 0.1, "", 12, 1)
-    cut = Finding("x86_64", sig, "retval", 3, 0.1, "", 64, 1, cut_short=True)
+    cut = Finding("x86_64", sig, "retval", 3, 0.1, "", 64, 1, cut_short=True, shrink_seconds=59.5)
     assert "cut short" not in Summary(findings=[whole]).render()
-    assert "shrunk to 1 programs / 64 insns (shrinking cut short by --time)" in (
+    assert "shrunk in 59.5s to 1 programs / 64 insns (shrinking cut short by --time)" in (
         Summary(findings=[cut]).render()
     )
