@@ -81,7 +81,13 @@ class Runner:
             if own is not ref:
                 result.own[eng.name] = own
             steps = max((r.steps for r in own.runs), default=0)
-            out = eng.run(case, budget=native_budget(steps), lockstep=lockstep)
+            if not eng.runs_runaways and any(r.status is Status.BUDGET for r in own.runs):
+                why = f"not run: the reference ran away ({REFERENCE_BUDGET} instructions)"
+                out = CaseOutcome(
+                    eng.name, [RunOutcome(Status.UNSUPPORTED, tail_calls=None, detail=why)] * len(own.runs)
+                )
+            else:
+                out = eng.run(case, budget=native_budget(steps), lockstep=lockstep)
             v, d = compare_case(own.runs, out.runs)
             if v is Verdict.POISONED:
                 v, d = rejection(own.runs, out.runs) or (v, d)

@@ -42,6 +42,10 @@ class Engine(ABC):
     whoever built it (a file, a generator, a reducer)."""
 
     name: str = ""
+    #: whether to run a case the reference could not finish (its verdict is
+    #: poisoned whatever the engine does); False where a runaway costs a
+    #: watchdog and a reboot (guests)
+    runs_runaways: bool = True
 
     def __init__(self, profile: Profile = LINUX, **options):
         self.profile = profile
