@@ -291,6 +291,10 @@ class GuestEngine(Engine):
             profile = profile.but(
                 name=f"{profile.name}+counter-per-frame", tail_call_counter_per_frame=True
             )
+        if caps.get("map_op_errors_64bit", "").startswith("run "):
+            profile = profile.but(
+                name=f"{profile.name}+32-bit-map-errors", map_op_errors_32bit=True
+            )
         if caps.get("register_shifts_masked", ""):
             profile = profile.but(
                 name=f"{profile.name}+unmasked-shifts", shift_amount_masked=False

@@ -206,6 +206,31 @@ run entry
     expect retval 0
 """,
     ),
+    # not a load probe: a map op's error as the program sees it (the 64-bit
+    # -EINVAL; 6.1's int-returning ops give it zero-extended on x86-64 and
+    # arm64, d7ba4cc900bf fixed it in 6.4)
+    "map_op_errors_64bit": (
+        (),
+        """
+map counts array max_entries=1 value_size=8
+
+program entry sched_cls
+main:
+    *(u32 *)(r10 - 4) = 0
+    r1 = map[counts] ll
+    r2 = r10
+    r2 += -4
+    call bpf_map_delete_elem
+    r1 = r0
+    r0 = 1
+    if r1 == -22 goto +1
+    r0 = 0
+    exit
+
+run entry
+    expect retval 1
+""",
+    ),
     # not a load probe: what a JIT's register shift does past the width (the
     # ISA masks the amount; core.c leaves it to the JIT; powerpc gives 0)
     "register_shifts_masked": (

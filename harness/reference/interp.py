@@ -37,7 +37,15 @@ from dataclasses import dataclass, field
 from harness.formats import isa
 from harness.formats.isa import Insn
 from harness.outcome import Event, RunOutcome, Status, Where
-from harness.reference.helpers import BPF_THROW, HELPERS, KFUNCS, TAIL_CALL, MapState, call_helper
+from harness.reference.helpers import (
+    BPF_THROW,
+    HELPER_IDS,
+    HELPERS,
+    KFUNCS,
+    TAIL_CALL,
+    MapState,
+    call_helper,
+)
 from harness.reference.profile import LINUX, Profile
 from harness.system import Case, Program
 
@@ -708,6 +716,8 @@ class Interpreter:
         args = tuple(self._reg(f, r) for r in range(1, 1 + helper.nargs))
         args += (0,) * (5 - len(args))
         r0, read = call_helper(self, insn.imm, args)
+        if self.profile.map_op_errors_32bit and insn.imm in _INT_MAP_OPS:
+            r0 &= U32
         run.events.append(
             Event(
                 "helper",
@@ -822,6 +832,9 @@ _JUMP_TESTS = {
     isa.JSLT: operator.lt,
     isa.JSLE: operator.le,
 }
+#: helpers the verifier turns into direct calls of the map's own ops
+#: (``profile.map_op_errors_32bit``)
+_INT_MAP_OPS = frozenset((HELPER_IDS["bpf_map_update_elem"], HELPER_IDS["bpf_map_delete_elem"]))
 _SHIFTS = frozenset((isa.LSH, isa.RSH, isa.ARSH))
 _SIGNED_JUMPS = frozenset((isa.JSGT, isa.JSGE, isa.JSLT, isa.JSLE))
 

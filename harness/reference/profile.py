@@ -42,6 +42,12 @@ class Profile:
     #: reach tail calls take up to N x 33. The "tailcall hierarchy" bug, fixed
     #: in 6.10 and 6.11 (../shared/notes/real-jit-bugs.md #3, #4).
     tail_call_counter_per_frame: bool = False
+    #: a 64-bit kernel's verifier turns bpf_map_update_elem and
+    #: bpf_map_delete_elem into direct calls of the map's ops, which returned
+    #: int until 6.4 (d7ba4cc900bf, "bpf: return long from bpf_map_ops
+    #: funcs"): an error comes back zero-extended from 32 bits on x86-64 and
+    #: arm64 (-7 as 0xfffffff9). 6.1's stable line still has int.
+    map_op_errors_32bit: bool = False
     #: bytes of stack per BPF frame (MAX_BPF_STACK).
     stack_size: int = 512
     #: a frame above this many bytes in a raw_tp program without tail calls

@@ -128,12 +128,14 @@ SEMANTICS = {
         "tail_call_counter_shared": True,
         "stack_rounding_16": True,
         "register_shifts_masked": True,
+        "map_op_errors_64bit": True,
     },
     ("arm64", "6.12."): {
         "empty_slot_keeps_budget": True,
         "tail_call_counter_shared": True,
         "stack_rounding_16": True,
         "register_shifts_masked": True,
+        "map_op_errors_64bit": True,
     },
     # the counter is decremented before the slot is loaded; in a function with
     # calls the decrement lands in a6 and s6 is read again (lost)
@@ -158,12 +160,14 @@ SEMANTICS = {
         "empty_slot_keeps_budget_after_call": False,
         "tail_call_counter_shared": False,
         "stack_rounding_16": False,
+        "map_op_errors_64bit": False,
     },
     ("arm64", "6.1."): {
         "empty_slot_keeps_budget": False,
         "empty_slot_keeps_budget_after_call": False,
         "tail_call_counter_shared": False,
         "stack_rounding_16": False,
+        "map_op_errors_64bit": False,
     },
 }
 

@@ -500,3 +500,34 @@ def test_tail_call_counter_per_frame_knob():
     assert (shared.retval, shared.tail_calls, shared.maps["counts"][0]) == (1, 33, 33)
     per_frame = run_case(case, profile=LINUX.but(tail_call_counter_per_frame=True))[0]
     assert (per_frame.retval, per_frame.tail_calls, per_frame.maps["counts"][0]) == (0, 66, 66)
+
+
+def test_map_op_errors_32bit_knob():
+    """6.1's map ops return int and the verifier calls them directly: key 1
+    of a one-entry array is -E2BIG (-7) for an update, -EINVAL (-22) for a
+    delete, and x86-64/arm64 hand the program 0xfffffff9 / 0xffffffea."""
+    from harness.formats import casefile
+
+    text = """
+map bufs array max_entries=1 value_size=8
+
+program entry sched_cls
+main:
+    *(u32 *)(r10 - 4) = 1
+    *(u64 *)(r10 - 16) = 0
+    r1 = map[bufs] ll
+    r2 = r10
+    r2 += -4
+    r3 = r10
+    r3 += -16
+    r4 = 0
+    call HELPER
+    exit
+
+run entry
+"""
+    for helper, errno in (("bpf_map_update_elem", 7), ("bpf_map_delete_elem", 22)):
+        case = casefile.parse(text.replace("HELPER", helper))
+        assert run_case(case)[0].retval == (1 << 64) - errno
+        old = run_case(case, profile=LINUX.but(map_op_errors_32bit=True))[0]
+        assert old.retval == (1 << 32) - errno
