@@ -57,6 +57,22 @@ _NEEDS = {
 _PLAIN_CODE = ("alu_ops", "branches", "memory_ops", "atomics")
 
 
+
+#: ethertype -> the header BPF_PROG_TEST_RUN wants whole after the 14-byte
+#: Ethernet header, or it refuses the packet with EINVAL (net/bpf/test_run.c)
+_L3_HEADERS = {b"\x08\x00": 20, b"\x86\xdd": 40}
+
+
+def _packet(data: bytes) -> bytes:
+    """sched_cls test data: an IPv4 or IPv6 ethertype on a packet too short
+    for its header becomes another (the bytes are never read: only raw_tp
+    programs read their ctx)."""
+    need = _L3_HEADERS.get(data[12:14])
+    if need is not None and len(data) < 14 + need:
+        data = data[:12] + b"\x00" + data[13:]
+    return data
+
+
 def draw_features(draw: Draw, config: Config) -> frozenset[str]:
     """Swarm testing: each feature the config allows is on or off for the
     whole system (off is simplest). The big three are on more often."""
@@ -90,7 +106,7 @@ def build_system(draw: Draw, config: Config = DEFAULT) -> Case:
     if ptype == "raw_tp":
         ctx = edge_bytes(draw, 8 * draw.integer(1, config.max_ctx // 8))
     else:
-        ctx = edge_bytes(draw, 8 * draw.integer(2, 8))  # packet data
+        ctx = _packet(edge_bytes(draw, 8 * draw.integer(2, 8)))
     data_size = 4 * draw.integer(2, 16)
     sp = SystemPlan(
         draw=draw,

@@ -272,7 +272,7 @@ def cmd_fuzz(args) -> int:
         profile=_profile(args),
         corpus=None if args.no_save else Path(args.corpus),
         shrink=not args.no_shrink,
-        shrink_tries=args.shrink_tries,
+        shrink_tries=_shrink_tries(args, names),
         stop_on_first=args.stop_on_first,
         progress=True,
         report_known=args.report_known,
@@ -284,6 +284,18 @@ def cmd_fuzz(args) -> int:
         print("jitdiff: interrupted", file=sys.stderr)
         return 130
     return 1 if summary.findings else 0
+
+
+#: shrinking attempts per phase when a campaign has a guest engine: each
+#: attempt is a request to the guest, and one that still crashes it costs a
+#: reboot (5-20 s), so the default 3,000 would take hours for one crash
+GUEST_SHRINK_TRIES = 200
+
+
+def _shrink_tries(args, names) -> int | None:
+    if args.shrink_tries is None and any(n.startswith("guest:") for n in names):
+        return GUEST_SHRINK_TRIES
+    return args.shrink_tries
 
 
 def _fuzz_shards(args) -> int:
@@ -310,7 +322,7 @@ def _fuzz_shards(args) -> int:
         profile=_profile(args),
         corpus=None if args.no_save else Path(args.corpus),
         shrink=not args.no_shrink,
-        shrink_tries=args.shrink_tries,
+        shrink_tries=_shrink_tries(args, names),
         progress=True,
         report_known=args.report_known,
         options=_options(args),
@@ -560,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument(
         "--shrink-tries",
         type=_positive(int),
-        help="attempts per shrinking phase (default 3000 choice edits, 2000 case edits)",
+        help="attempts per shrinking phase (default 3000 choice edits, 2000 case edits; "
+        f"{GUEST_SHRINK_TRIES} each with a guest engine)",
     )
     sp.add_argument("--stop-on-first", action="store_true")
     sp.add_argument(

@@ -197,3 +197,15 @@ def test_run_json_carries_every_divergence_and_exits_1(capsys):
     # a clean case: 0, in JSON as in text
     code, doc = run_json(capsys, SELF_LOOP, "--engine", "x86_64")
     assert code == 0 and doc["status"] == 0 and doc["cases"][0]["divergences"] == []
+
+
+def test_a_guest_campaign_shrinks_with_fewer_attempts():
+    """Each attempt on a guest is a request, and one that still crashes it a
+    reboot: the default budget would take hours for one crash."""
+    from types import SimpleNamespace
+
+    from harness.cli import GUEST_SHRINK_TRIES, _shrink_tries
+
+    assert _shrink_tries(SimpleNamespace(shrink_tries=None), ("guest:arm64",)) == GUEST_SHRINK_TRIES
+    assert _shrink_tries(SimpleNamespace(shrink_tries=None), ("x86_64",)) is None
+    assert _shrink_tries(SimpleNamespace(shrink_tries=7), ("guest:arm64",)) == 7
