@@ -76,6 +76,11 @@ class Config:
     #: for a 0-byte main calling a 512-byte subprogram); off, the chain and
     #: tail-call bounds are kept with that count.
     stack_rounding_16: bool = True
+    #: a program that calls bpf_throw may also tail-call. powerpc64 7.2's
+    #: exception boundary reads the tail-call info from the wrong frame slot
+    #: and the guest panics (docs/kernel-findings.md section 6); off, each
+    #: program of a system with both draws throws or tail calls, not both.
+    tail_calls_in_throwing_programs: bool = True
 
     # ---- feature switches (all on: swarm testing picks a subset per system) --
     #: bpf-to-bpf calls (static subprograms).
@@ -141,6 +146,7 @@ CONSTRAINTS: tuple[str, ...] = (
     "jit_alu64_divmod",
     "cpu_v4",
     "stack_rounding_16",
+    "tail_calls_in_throwing_programs",
 )
 
 #: Every feature switch, in the order swarm testing draws them (simplest off).

@@ -207,7 +207,7 @@ def _kinds(st: FnState) -> list[str]:
     kinds.append("count")
     if sp.ptype == "raw_tp" and st.has_ctx and sp.on("ctx_reads") and sp.ctx:
         kinds.append("ctx_read")
-    if sp.ptype == "sched_cls" and sp.on("throws"):
+    if sp.throws_in(st.prog):
         kinds.append("throw")
     if sp.on("conditionals"):
         kinds.append("cond")
@@ -240,7 +240,7 @@ def _epilogue(st: FnState) -> None:
     on the way out, laid out as the function's last instruction."""
     sp, draw, fn = st.sp, st.draw, st.fn
     throw_label = None
-    if sp.ptype == "sched_cls" and sp.on("throws") and draw.boolean(0.3):
+    if sp.throws_in(st.prog) and draw.boolean(0.3):
         throw_label = fn.new_label()
         emit_condition(st, R0, throw_label)
     fn.mov(R0, st.scalars[0])
@@ -379,6 +379,12 @@ def build_program(sp: SystemPlan, prog: int) -> ProgramParts:
             sp.no_tail_calls.add(prog)
         else:
             with_subs = False
+    if not cfg.tail_calls_in_throwing_programs and sp.throws_in(prog) and sp.tail_calls_in(prog):
+        # the kernel crashes on the mix: this program draws one or the other
+        if draw.boolean(0.5):
+            sp.no_tail_calls.add(prog)
+        else:
+            sp.no_throws.add(prog)
     # a deep program: many subprograms, each calling the tallest one before it
     deep = with_subs and draw.boolean(0.25)
     if with_subs:

@@ -56,6 +56,14 @@ class SystemPlan:
     #: (``Config.tail_calls_with_subprograms`` off).
     no_tail_calls: set[int] = field(default_factory=set)
 
+    #: programs that drew tail calls instead of throws
+    #: (``Config.tail_calls_in_throwing_programs`` off).
+    no_throws: set[int] = field(default_factory=set)
+
+    def throws_in(self, prog: int) -> bool:
+        """Whether program ``prog`` may call bpf_throw (sched_cls only)."""
+        return self.ptype == "sched_cls" and self.on("throws") and prog not in self.no_throws
+
     def tail_calls_in(self, prog: int) -> bool:
         """Whether program ``prog`` may tail-call."""
         return self.slots is not None and prog not in self.no_tail_calls

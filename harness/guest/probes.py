@@ -206,6 +206,35 @@ run entry
     expect retval 0
 """,
     ),
+    # a tail call out of a program that uses bpf_throw: powerpc64 7.2 stores
+    # the count through a saved register and panics (kernel-findings section
+    # 6); a crash here is the answer, cached like any other
+    "tail_calls_in_throwing_programs": (
+        ("tail_calls_in_throwing_programs",),
+        """
+map jmp_table prog_array max_entries=1
+    0 = entry
+map data array max_entries=1 value_size=8
+
+program entry sched_cls
+main:
+    r6 = r1
+    r0 = map_value[data] ll
+    r0 = *(u64 *)(r0 + 0)
+    if r0 != 3 goto +2
+    r1 = 7
+    call bpf_throw
+    r1 = r6
+    r2 = map[jmp_table] ll
+    r3 = 0
+    call bpf_tail_call
+    r0 = 0
+    exit
+
+run entry
+    expect retval 0
+""",
+    ),
     # not a load probe: a map op's error as the program sees it (the 64-bit
     # -EINVAL; 6.1's int-returning ops give it zero-extended on x86-64 and
     # arm64, d7ba4cc900bf fixed it in 6.4)

@@ -264,3 +264,36 @@ def test_6_1_stack_rounding_is_kept_when_the_probe_fails():
         big += any(f.stack >= 256 for f in facts)
         deep += any(f.tail_calls for p in case.programs.values() for n, f in program_facts(p).items() if n != "main")
     assert big > 20 and deep > 10
+
+
+def test_no_program_throws_and_tail_calls_when_the_probe_crashed():
+    """powerpc64 7.2 panics on a tail call out of a program that uses
+    bpf_throw (docs/kernel-findings.md section 6): with the probe's crash as
+    the answer, no program has both, and both still occur."""
+    from harness.guest.probes import narrow_switches
+    from harness.reference.helpers import BPF_THROW, TAIL_CALL
+
+    off = narrow_switches({"tail_calls_in_throwing_programs": "crashed the guest: ..."})
+    assert off == {"tail_calls_in_throwing_programs": False}
+
+    def kinds(prog) -> set[str]:
+        calls = [i for i in prog.insns if i.opcode == isa.JMP | isa.CALL]
+        out = set()
+        if any(i.src == isa.PSEUDO_KFUNC_CALL and i.imm == BPF_THROW for i in calls):
+            out.add("throw")
+        if any(i.src == 0 and i.imm == TAIL_CALL for i in calls):
+            out.add("tail_call")
+        return out
+
+    mixed_before = sum(
+        kinds(p) == {"throw", "tail_call"} for s in FAST_SEEDS for p in generate(s).programs.values()
+    )
+    assert mixed_before > 5
+    seen: set[str] = set()
+    for seed in FAST_SEEDS:
+        case = generate(seed, Config(**off))
+        check_case(case)
+        for prog in case.programs.values():
+            assert kinds(prog) != {"throw", "tail_call"}, (seed, prog.name)
+            seen |= kinds(prog)
+    assert seen == {"throw", "tail_call"}
