@@ -400,9 +400,7 @@ def cmd_export(args) -> int:
     from harness.report import selftest
 
     case = formats.load_any(args.case)
-    name = args.name or re.sub(r"\W", "_", Path(args.case).name.split(".")[0])
-    if name[:1].isdigit():
-        name = "jitdiff_" + name
+    name = args.name or selftest.default_name(args.case)
     test = selftest.export(case, name, source=str(args.case), profile=_profile(args))
     for path in selftest.write(test, args.selftest, force=args.force):
         print(f"wrote {path}")

@@ -553,6 +553,13 @@ def _sidecar(case: Case, name: str, obj: dict[str, str], steps: list[Step]) -> s
 # ---------------------------------------------------------------- the entry points
 
 
+def default_name(path: str | os.PathLike[str]) -> str:
+    """A selftest name from a case file's name: a C identifier (a crash
+    reproducer is named by its signature, with hyphens)."""
+    name = re.sub(r"\W", "_", Path(path).name.split(".")[0])
+    return "jitdiff_" + name if name[:1].isdigit() else name
+
+
 def export(case: Case, name: str, *, source: str | None = None, profile=None) -> Selftest:
     """The selftest of ``case`` called ``name`` (a C identifier: the skeleton
     and test function are named after it); ``Unsupported`` if it cannot be one."""

@@ -224,9 +224,10 @@ CASES = sorted(CORPUS.rglob("*.case"))
 @pytest.mark.parametrize("path", CASES, ids=[str(p.relative_to(CORPUS)) for p in CASES])
 def test_every_corpus_case_round_trips_through_a_selftest(path):
     case = casefile.load(path)
-    test = selftest.export(case, path.stem, source=str(path))
+    name = selftest.default_name(path)
+    test = selftest.export(case, name, source=str(path))
     assert '#include "bpf_misc.h"' in test.prog_c and "__naked" in test.prog_c
-    assert f"void test_{path.stem}(void)" in test.test_c
+    assert f"void test_{name}(void)" in test.test_c
     # compiled, read back through the ELF input, run on interp and x86_64
     assert selftest.check(test, case, ("x86_64",)) == []
 
@@ -342,7 +343,7 @@ def test_exported_prog_tests_pass_on_this_kernel(path, tmp_path):
         pytest.skip(f"never on this kernel: {known_crash(case) or known_crash(case, when='run')}")
     if any(p.exception_callback for p in case.programs.values()) and _libbpf_version() < (1, 3):
         pytest.skip(f"libbpf {_libbpf_version()} does not append exception callbacks (1.3 does)")
-    name = path.stem
+    name = selftest.default_name(path)
     test = selftest.export(case, name)
     obj = selftest.compile_program(test.prog_c, tmp_path, name)
     skel = subprocess.run(
