@@ -162,6 +162,26 @@ SEMANTICS = {
     },
     # slw/sld take 6/7 bits of the amount
     ("ppc64el", "6.12."): {"empty_slot_keeps_budget": True, "register_shifts_masked": False},
+    # 7.2: powerpc64 loads exceptions and subprogram tail calls, and a tail
+    # call out of a throwing program writes through a saved register
+    ("ppc64el", "7.2."): {
+        "tail_calls_with_subprograms": True,
+        "bpf_throw": True,
+        "tail_call_counter_shared": True,
+        "register_shifts_masked": False,
+        "tail_calls_in_throwing_programs": False,
+    },
+    ("riscv64", "7.2."): {
+        "empty_slot_keeps_budget": False,
+        "empty_slot_keeps_budget_after_call": True,
+        "register_shifts_masked": True,
+    },
+    ("amd64", "7.2."): {"tail_call_counter_shared": True, "tail_calls_in_throwing_programs": True},
+    ("arm64", "7.2."): {"tail_call_counter_shared": True, "tail_calls_in_throwing_programs": True},
+    # the 32-bit JITs: the counter is bumped before the slot is loaded, and
+    # shifts past the width are the instruction's (arm: lsl by 33 gives 0)
+    ("armhf", "6."): {"empty_slot_keeps_budget": False, "register_shifts_masked": False},
+    ("i386", "6.1."): {"empty_slot_keeps_budget": False, "register_shifts_masked": False},
     ("ppc64el", "6.1."): {
         "empty_slot_keeps_budget": True,
         "register_shifts_masked": False,
