@@ -84,6 +84,12 @@ class GuestEngine(Engine):
         self.crash_dir = Path(options.get("crash_dir") or DEFAULT_CRASH_DIR)
         self.crashes: list[Crash] = []
         self._btf: Btf | None = None
+        self._btf_raw = b""
+        #: guests booted so far (the first, and one after each crash)
+        self.boots = 0
+        #: booted in the background after a first crash, to replace the next
+        #: crashed guest at once
+        self._spare: Vm | None = None
         self._console_seen = 0
         #: why this guest runs under TCG ("" under KVM), probed at first boot
         self.kvm_problem = ""
@@ -123,29 +129,54 @@ class GuestEngine(Engine):
         if self.vm.boots == 0:
             self.kvm_problem = kvm_problem(self.guest)
             self.vm.accel = "tcg" if self.kvm_problem else "kvm"
-        try:
-            hello = self.vm.boot()
-        except GuestDown as e:
-            raise EngineUnavailable(
-                f"{self.name}: the guest did not boot ({e.how})\n{e.console}".rstrip()
-            ) from None
+        hello = self._from_spare()
+        if hello is None:
+            try:
+                hello = self.vm.boot()
+            except GuestDown as e:
+                raise EngineUnavailable(
+                    f"{self.name}: the guest did not boot ({e.how})\n{e.console}".rstrip()
+                ) from None
+        self.boots += 1
+        if self.crashes and self._spare is None:
+            # a kernel that crashed once will again (section 0's shape, say):
+            # the next guest boots now, behind the work, not after the crash
+            self._spare = Vm(self.guest, accel=self.vm.accel)
+            self._spare.start()
         if hello.jit_enable not in ("1", "2"):
             self.vm.close()
             raise EngineUnavailable(
                 f"{self.name}: net.core.bpf_jit_enable is {hello.jit_enable!r} in the guest "
                 "(the interpreter would run, not the JIT)"
             )
-        self._btf = None
-        if hello.btf:
-            try:
-                self._btf = Btf(hello.btf)
-            except BtfError:
-                self._btf = None
+        # one kernel, one BTF: parsed when a kfunc first needs it (0.5 s),
+        # then kept across reboots (a crash's reboot is the same kernel)
+        self._btf_raw = hello.btf
         # what the console holds now is the boot's, not a case's
         self._console_seen = len(self.vm.console())
         return hello
 
+    def _from_spare(self):
+        """The spare guest's hello, now that it replaces the dead one (None:
+        no spare, or it did not come up either: boot as usual)."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        try:
+            hello = spare.ready()
+        except GuestDown:
+            spare.close()
+            return None
+        self.vm.close()
+        self.vm = spare
+        return hello
+
     def _kfunc_id(self, name: str) -> int:
+        if self._btf is None and self._btf_raw:
+            try:
+                self._btf = Btf(self._btf_raw)
+            except BtfError:
+                self._btf_raw = b""
         if self._btf is None:
             raise Unsupported(f"{self.name}: the guest kernel has no BTF, so no kfunc {name}")
         try:
@@ -352,6 +383,9 @@ class GuestEngine(Engine):
 
     def close(self) -> None:
         self.vm.close()
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
 
 
 def verify(spec: str) -> str:

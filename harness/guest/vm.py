@@ -92,6 +92,7 @@ class Vm:
         self.hello: protocol.Hello | None = None
         self.boot_seconds = 0.0
         self.boots = 0
+        self._t0 = 0.0
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
         self._dir: str | None = None
@@ -105,8 +106,9 @@ class Vm:
         a, g = self.arch, self.guest
         append = (
             # every kernel bug ends the guest: oops, WARN, and a CPU stuck in
-            # the kernel for 10 s (a runaway tail-call loop) all panic
-            f"console={a.console} loglevel=5 panic=1 oops=panic panic_on_warn=1 "
+            # the kernel for 10 s (a runaway tail-call loop) all panic, and a
+            # panic ends qemu at once (panic=-1 with -no-reboot)
+            f"console={a.console} loglevel=5 panic=-1 oops=panic panic_on_warn=1 "
             "softlockup_panic=1 watchdog_thresh=5 rdinit=/init nokaslr"
         )
         machine = a.machine
@@ -123,17 +125,28 @@ class Vm:
         ]  # fmt: skip
 
     def boot(self, *, timeout: float = BOOT_TIMEOUT) -> protocol.Hello:
+        self.start()
+        return self.ready(timeout=timeout)
+
+    def start(self) -> None:
+        """Start qemu and return at once (``ready`` waits for the agent): a
+        spare guest boots in the background this way."""
         self.close()
         self._dir = tempfile.mkdtemp(prefix=f"jitdiff-{self.guest.arch}-")
-        sock = os.path.join(self._dir, "port")
-        t0 = time.monotonic()
+        self._t0 = time.monotonic()
         self._proc = subprocess.Popen(
-            self.command(sock),
+            self.command(os.path.join(self._dir, "port")),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=open(os.path.join(self._dir, "qemu.err"), "wb"),  # noqa: SIM115
         )
         self.boots += 1
+
+    def ready(self, *, timeout: float = BOOT_TIMEOUT) -> protocol.Hello:
+        """Connect to the started guest's port and wait for the agent's hello."""
+        assert self._proc is not None and self._dir is not None
+        t0 = self._t0
+        sock = os.path.join(self._dir, "port")
         deadline = t0 + timeout
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         while True:
