@@ -612,14 +612,39 @@ class Interpreter:
 
     # ---- jumps -----------------------------------------------------------
 
+    def _pointer_compare(self, insn: Insn, a: int, b: int, is32: bool) -> None:
+        """A privileged verifier lets pointers be compared; whether the jump
+        is taken is the same on every engine only for a 64-bit comparison of
+        two pointers into one object (their offsets decide) or of a pointer
+        with NULL by == or != (never taken, always taken). Anything else (a
+        32-bit comparison, two objects, a pointer against a number) depends
+        on where each engine put its memory."""
+        pa, pb = is_pointer(a), is_pointer(b)
+        if not (pa or pb):
+            return
+        op = insn.opcode & 0xF0
+        if not is32:
+            sa, sb = self.symbolize(a), self.symbolize(b)
+            if pa and pb and isinstance(sa, tuple) and isinstance(sb, tuple) and sa[:-1] == sb[:-1]:
+                if op != isa.JSET:
+                    return
+            elif op in (isa.JEQ, isa.JNE) and (a == 0 or b == 0):
+                return
+        reg = insn.dst if pa else insn.src
+        raise _layout_dependent(reg, f"pointer comparison ({'32' if is32 else '64'}-bit)")
+
     def _taken(self, f: Frame, insn: Insn) -> bool:
         op = insn.opcode & 0xF0
         if op == isa.JA:
             return True
         is32 = insn.opcode & 0x07 == isa.JMP32
         mask = U32 if is32 else U64
-        a = self._reg(f, insn.dst) & mask
-        b = (self._reg(f, insn.src) if insn.opcode & isa.X else insn.imm & U64) & mask
+        a = self._reg(f, insn.dst)
+        b = self._reg(f, insn.src) if insn.opcode & isa.X else insn.imm & U64
+        if _PTR_LO <= a <= _PTR_HI or _PTR_LO <= b <= _PTR_HI:
+            self._pointer_compare(insn, a, b, is32)
+        a &= mask
+        b &= mask
         if op in _SIGNED_JUMPS:
             sx = s32 if is32 else s64
             a, b = sx(a), sx(b)

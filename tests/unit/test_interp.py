@@ -531,3 +531,40 @@ run entry
         assert run_case(case)[0].retval == (1 << 64) - errno
         old = run_case(case, profile=LINUX.but(map_op_errors_32bit=True))[0]
         assert old.retval == (1 << 32) - errno
+
+
+@pytest.mark.parametrize(
+    "cond, layout_dependent",
+    [
+        ("if w1 s<= w3 goto +1", True),  # ctx against a map value, low 32 bits
+        ("if r1 > r3 goto +1", True),  # two objects: where each engine put them
+        ("if r3 == 0 goto +1", False),  # NULL check: never taken anywhere
+        ("if r3 > r4 goto +1", False),  # one object, 64-bit: the offsets decide
+        ("if w3 > w4 goto +1", True),  # one object, 32-bit: the low halves may wrap
+        ("if r3 & 8 goto +1", True),  # an address bit
+    ],
+)
+def test_pointer_comparisons_that_depend_on_the_layout(cond, layout_dependent):
+    """Found on guest:riscv64@sid (seed 202, system 1078): `if w1 s<= w3`
+    compared the ctx pointer with a map value's by their low 32 bits, which
+    the reference took from its own addresses and the guest from its own."""
+    from harness.formats import casefile
+
+    text = f"""
+map data array max_entries=1 value_size=16
+
+program p0 raw_tp
+main:
+    r3 = map_value[data] ll
+    r4 = map_value[data]+8 ll
+    {cond}
+    r0 = 0
+    r0 = 1
+    exit
+
+run p0
+"""
+    out = run_case(casefile.parse(text))[0]
+    assert (out.status is Status.INVALID) == layout_dependent, out.detail
+    if layout_dependent:
+        assert "depends on each engine's memory layout" in out.detail
