@@ -250,8 +250,6 @@ class GuestEngine(Engine):
                 return cached["found"]
         except (OSError, ValueError, KeyError):
             pass
-        found = {}
-        crashed = False
         crash_dir, self.crash_dir = self.crash_dir, None
         try:
             found, crashed = self._probe()
