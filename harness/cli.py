@@ -286,16 +286,10 @@ def cmd_fuzz(args) -> int:
     return 1 if summary.findings else 0
 
 
-#: shrinking attempts per phase when a campaign has a guest engine: each
-#: attempt is a request to the guest, and one that still crashes it costs a
-#: reboot (5-20 s), so the default 3,000 would take hours for one crash
-GUEST_SHRINK_TRIES = 200
-
-
 def _shrink_tries(args, names) -> int | None:
-    if args.shrink_tries is None and any(n.startswith("guest:") for n in names):
-        return GUEST_SHRINK_TRIES
-    return args.shrink_tries
+    from harness import engines
+
+    return args.shrink_tries if args.shrink_tries is not None else engines.shrink_tries(names)
 
 
 def _fuzz_shards(args) -> int:
@@ -571,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         "--shrink-tries",
         type=_positive(int),
         help="attempts per shrinking phase (default 3000 choice edits, 2000 case edits; "
-        f"{GUEST_SHRINK_TRIES} each with a guest engine)",
+        "200 each with a guest engine)",
     )
     sp.add_argument("--stop-on-first", action="store_true")
     sp.add_argument(

@@ -46,6 +46,9 @@ class Engine(ABC):
     #: poisoned whatever the engine does); False where a runaway costs a
     #: watchdog and a reboot (guests)
     runs_runaways: bool = True
+    #: shrinking attempts per phase a campaign with this engine takes by
+    #: default (None: the shrinker's own); fewer where an attempt is dear
+    shrink_tries: int | None = None
 
     def __init__(self, profile: Profile = LINUX, **options):
         self.profile = profile
@@ -144,6 +147,18 @@ def narrow(specs, config):
         except JitdiffError:
             pass
     return config
+
+
+def shrink_tries(specs) -> int | None:
+    """The fewest default shrinking attempts any engine of ``specs`` asks for
+    (``Engine.shrink_tries``), or None."""
+    tries = []
+    for spec in specs:
+        try:
+            tries.append(_class(base_name(spec)).shrink_tries)
+        except JitdiffError:
+            pass
+    return min((t for t in tries if t is not None), default=None)
 
 
 def get(name: str, profile: Profile = LINUX, **options) -> Engine:

@@ -69,6 +69,9 @@ class GuestEngine(Engine):
     #: the kernel runs until its soft-lockup watchdog fires (10 s, then a
     #: reboot): the 6.1 hierarchy explosions, about 5% of a 6.1 campaign
     runs_runaways = False
+    #: each shrinking attempt is a request, and one that still crashes the
+    #: guest a reboot: the shrinker's default 3,000 would take hours a crash
+    shrink_tries = 200
 
     def __init__(self, profile: Profile = LINUX, **options):
         super().__init__(profile, **options)

@@ -204,8 +204,9 @@ def test_a_guest_campaign_shrinks_with_fewer_attempts():
     reboot: the default budget would take hours for one crash."""
     from types import SimpleNamespace
 
-    from harness.cli import GUEST_SHRINK_TRIES, _shrink_tries
+    from harness.cli import _shrink_tries
 
-    assert _shrink_tries(SimpleNamespace(shrink_tries=None), ("guest:arm64",)) == GUEST_SHRINK_TRIES
+    assert _shrink_tries(SimpleNamespace(shrink_tries=None), ("guest:arm64",)) == 200
+    assert _shrink_tries(SimpleNamespace(shrink_tries=None), ("x86_64", "guest:riscv64")) == 200
     assert _shrink_tries(SimpleNamespace(shrink_tries=None), ("x86_64",)) is None
     assert _shrink_tries(SimpleNamespace(shrink_tries=7), ("guest:arm64",)) == 7

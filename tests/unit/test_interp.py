@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.formats import isa
+from harness.formats import casefile, isa
 from harness.formats.isa import Insn as I
 from harness.outcome import Status
 from harness.reference.helpers import BPF_THROW
@@ -457,7 +457,6 @@ def test_empty_slot_free_in_calling_functions(call, inlined, runs):
     """The riscv64 JIT's counter (docs/kernel-findings.md section 6): in a
     function compiled with a call, a failed tail call's decrement is lost, so
     all 33 are taken (34 runs); without one it costs, as in the interpreter."""
-    from harness.formats import casefile
     from harness.reference.helpers import HELPER_IDS
 
     case = casefile.parse(_EMPTY_THEN_LOOP.replace("CALL\n", call))
@@ -474,7 +473,6 @@ def test_unmasked_shift_profile_leaves_the_value_undefined():
     """RFC 9669 masks a register shift amount (1 << (33 & 31) = 2); kernel/bpf/core.c
     leaves a JIT's result to the JIT (powerpc's slw gives 0), so that profile
     has no value to compare: the run is poisoned, not judged."""
-    from harness.formats import casefile
     from oracles.base import Verdict, verdict
 
     text = "program entry sched_cls\nmain:\n    w0 = 1\n    w1 = SHIFT\n    w0 <<= w1\n    exit\n\nrun entry\n"
@@ -506,8 +504,6 @@ def test_map_op_errors_32bit_knob():
     """6.1's map ops return int and the verifier calls them directly: key 1
     of a one-entry array is -E2BIG (-7) for an update, -EINVAL (-22) for a
     delete, and x86-64/arm64 hand the program 0xfffffff9 / 0xffffffea."""
-    from harness.formats import casefile
-
     text = """
 map bufs array max_entries=1 value_size=8
 
@@ -548,8 +544,6 @@ def test_pointer_comparisons_that_depend_on_the_layout(cond, layout_dependent):
     """Found on guest:riscv64@sid (seed 202, system 1078): `if w1 s<= w3`
     compared the ctx pointer with a map value's by their low 32 bits, which
     the reference took from its own addresses and the guest from its own."""
-    from harness.formats import casefile
-
     text = f"""
 map data array max_entries=1 value_size=16
 
